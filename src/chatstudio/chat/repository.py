@@ -1,0 +1,96 @@
+"""Every SQL statement about conversations and messages. Each one filters by owner itself."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+
+from sqlalchemy import and_, delete, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from chatstudio.chat.models import Conversation, Message
+
+
+def _like_pattern(text: str) -> str:
+    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
+class ConversationRepository:
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def add(self, conversation: Conversation) -> Conversation:
+        self.session.add(conversation)
+        await self.session.flush()
+        return conversation
+
+    async def get_owned(self, conversation_id: uuid.UUID, user_id: uuid.UUID) -> Conversation | None:
+        result = await self.session.execute(
+            select(Conversation).where(Conversation.id == conversation_id, Conversation.user_id == user_id)
+        )
+        return result.scalar_one_or_none()
+
+    async def list_owned(
+        self,
+        user_id: uuid.UUID,
+        *,
+        limit: int,
+        after: tuple[datetime, uuid.UUID] | None = None,
+        archived: bool = False,
+        pinned: bool | None = None,
+        title_contains: str | None = None,
+    ) -> list[Conversation]:
+        """Most recently active first; keyset on (last_activity_at, id), served by
+        ix_conversation_user_list / ix_conversation_user_pinned."""
+        query = select(Conversation).where(Conversation.user_id == user_id, Conversation.archived.is_(archived))
+        if pinned is not None:
+            query = query.where(Conversation.pinned.is_(pinned))
+        if title_contains:
+            query = query.where(Conversation.title.ilike(_like_pattern(title_contains), escape="\\"))
+        if after is not None:
+            at, last_id = after
+            query = query.where(
+                or_(
+                    Conversation.last_activity_at < at,
+                    and_(Conversation.last_activity_at == at, Conversation.id < last_id),
+                )
+            )
+        query = query.order_by(Conversation.last_activity_at.desc(), Conversation.id.desc()).limit(limit)
+        return list((await self.session.execute(query)).scalars())
+
+    async def delete_owned(self, conversation_id: uuid.UUID, user_id: uuid.UUID) -> bool:
+        # Unlink the reply tree before deleting it: InnoDB cascades a self-reference at most
+        # 15 levels deep, and a long conversation is a much deeper chain than that.
+        owned = (Message.conversation_id == conversation_id, Message.user_id == user_id)
+        await self.session.execute(update(Message).where(*owned).values(parent_id=None))
+        await self.session.execute(delete(Message).where(*owned))
+        result = await self.session.execute(
+            delete(Conversation).where(Conversation.id == conversation_id, Conversation.user_id == user_id)
+        )
+        return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+class MessageRepository:
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def add(self, message: Message) -> Message:
+        self.session.add(message)
+        await self.session.flush()
+        return message
+
+    async def list_owned(
+        self,
+        conversation_id: uuid.UUID,
+        user_id: uuid.UUID,
+        *,
+        limit: int,
+        after: uuid.UUID | None = None,
+    ) -> list[Message]:
+        """Oldest first; ids are time-ordered (uuid7), so the id alone is the keyset."""
+        query = select(Message).where(Message.conversation_id == conversation_id, Message.user_id == user_id)
+        if after is not None:
+            query = query.where(Message.id > after)
+        query = query.order_by(Message.id).limit(limit)
+        return list((await self.session.execute(query)).scalars())

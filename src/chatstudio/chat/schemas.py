@@ -1,0 +1,81 @@
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Annotated, Any
+
+from pydantic import Field, StringConstraints
+
+from chatstudio.schemas import RequestModel, ResponseModel
+
+Title = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=300)]
+# provider/model, e.g. openai/gpt-4o or local/smollm2-135m, or an operator-defined alias.
+ModelId = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=200, pattern=r"^[\w.:@/-]+$"),
+]
+SystemPrompt = Annotated[str, Field(max_length=32_000)]
+
+
+class ChatParams(RequestModel):
+    """Sampling parameters; the same ranges every provider accepts."""
+
+    temperature: Annotated[float, Field(ge=0, le=2)] | None = None
+    top_p: Annotated[float, Field(gt=0, le=1)] | None = None
+    max_tokens: Annotated[int, Field(ge=1, le=200_000)] | None = None
+    presence_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
+    frequency_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
+    stop: (
+        Annotated[
+            list[Annotated[str, Field(min_length=1, max_length=100)]],
+            Field(max_length=4),
+        ]
+        | None
+    ) = None
+    seed: int | None = None
+
+
+class ConversationCreate(RequestModel):
+    title: Title | None = None
+    model: ModelId | None = None
+    system_prompt: SystemPrompt | None = None
+    params: ChatParams | None = None
+
+
+class ConversationUpdate(RequestModel):
+    title: Title | None = None
+    model: ModelId | None = None
+    system_prompt: SystemPrompt | None = None
+    params: ChatParams | None = None
+    pinned: bool | None = None
+    archived: bool | None = None
+
+
+class ConversationOut(ResponseModel):
+    id: uuid.UUID
+    title: str
+    model: str | None
+    system_prompt: str | None
+    params: dict[str, Any]
+    pinned: bool
+    archived: bool
+    created_at: datetime
+    updated_at: datetime
+    last_activity_at: datetime
+
+
+class MessageOut(ResponseModel):
+    id: uuid.UUID
+    conversation_id: uuid.UUID
+    parent_id: uuid.UUID | None
+    role: str
+    content: str
+    status: str
+    model: str | None
+    input_tokens: int | None
+    output_tokens: int | None
+    latency_ms: int | None
+    time_to_first_token_ms: int | None
+    finish_reason: str | None
+    error_code: str | None
+    created_at: datetime

@@ -1,0 +1,179 @@
+"""Declarative base, column helpers and engine/session factories shared by every domain."""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import MetaData, event
+from sqlalchemy.dialects import mysql
+from sqlalchemy.engine import Dialect
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.pool import NullPool, StaticPool
+from sqlalchemy.types import DateTime, TypeDecorator
+
+from chatstudio.errors import AppError
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+_uuid7_state = {"millis": 0, "counter": 0}
+
+
+def uuid7() -> uuid.UUID:
+    """Time-ordered UUID (RFC 9562 v7) with a 12-bit counter, monotonic within this process.
+
+    Ids sort by creation, so keyset pages need no tie-breaker and a reply always sorts after
+    the message it answers, even when both were made in the same millisecond.
+    """
+    millis = time.time_ns() // 1_000_000
+    state = _uuid7_state
+    if millis <= state["millis"]:
+        millis = state["millis"]
+        counter = state["counter"] + 1
+        if counter > 0xFFF:
+            millis += 1
+            counter = 0
+    else:
+        counter = int.from_bytes(os.urandom(2), "big") & 0x7FF  # leave headroom to count up
+    state["millis"], state["counter"] = millis, counter
+    rand_b = int.from_bytes(os.urandom(8), "big") & ((1 << 62) - 1)
+    value = ((millis & ((1 << 48) - 1)) << 80) | (0x7 << 76) | (counter << 64) | (0b10 << 62) | rand_b
+    return uuid.UUID(int=value)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC in, timezone-aware UTC out, on every backend.
+
+    SQLite and MySQL have no zone-aware type, so values are stored as naive UTC there and
+    re-tagged on the way out. MySQL gets microseconds (DATETIME(6)) so ordering stays exact.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> Any:
+        if dialect.name in ("mysql", "mariadb"):
+            return dialect.type_descriptor(mysql.DATETIME(fsp=6))
+        return dialect.type_descriptor(DateTime(timezone=True))
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        value = value.astimezone(UTC)
+        if dialect.name != "postgresql":
+            value = value.replace(tzinfo=None)
+        return value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class TimestampMixin:
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+
+
+def create_engine(
+    url: str,
+    *,
+    pool_size: int = 5,
+    max_overflow: int = 10,
+    pool_timeout: float = 30,
+    echo: bool = False,
+    pooled: bool = True,
+) -> AsyncEngine:
+    """`pooled=False` for one-shot tools (migrations, CLI): each connection closes on release."""
+    if url.startswith("sqlite"):
+        return _create_sqlite_engine(url, echo=echo, pooled=pooled)
+    if not pooled:
+        return create_async_engine(url, poolclass=NullPool, echo=echo)
+    return create_async_engine(
+        url,
+        pool_size=pool_size,
+        max_overflow=max_overflow,
+        pool_timeout=pool_timeout,
+        pool_pre_ping=True,
+        pool_recycle=1800,
+        echo=echo,
+    )
+
+
+def _create_sqlite_engine(url: str, *, echo: bool, pooled: bool) -> AsyncEngine:
+    in_memory = url.endswith(":memory:") or url.rstrip("/").endswith("sqlite+aiosqlite:")
+    if not in_memory:
+        path = url.split(":///", 1)[-1].split("?", 1)[0]
+        if path:
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    kwargs: dict[str, Any] = {"echo": echo, "connect_args": {"timeout": 30}}
+    if in_memory:
+        kwargs["poolclass"] = StaticPool
+    elif not pooled:
+        kwargs["poolclass"] = NullPool
+    engine = create_async_engine(url, **kwargs)
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        if not in_memory:
+            cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.close()
+
+    return engine
+
+
+def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    return async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
+
+
+@asynccontextmanager
+async def session_scope(
+    factory: async_sessionmaker[AsyncSession],
+) -> AsyncIterator[AsyncSession]:
+    """One unit of work: commit when the body succeeds, roll back when it raises."""
+    async with factory() as session:
+        try:
+            yield session
+            await session.commit()
+        except AppError as exc:
+            # Some refusals are also actions (revoking a session on refresh-token reuse) and
+            # must be stored even though the request fails.
+            await (session.commit() if exc.keeps_changes else session.rollback())
+            raise
+        except BaseException:
+            await session.rollback()
+            raise

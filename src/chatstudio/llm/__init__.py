@@ -1,0 +1,1 @@
+"""Model providers: requests in, events out. Knows nothing of users, databases or HTTP frameworks."""

@@ -1,0 +1,163 @@
+"""The provider contract every adapter implements, and the errors they map to at one boundary."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Literal, Protocol, runtime_checkable
+
+Role = Literal["system", "user", "assistant"]
+
+
+@dataclass(frozen=True, slots=True)
+class ChatMessage:
+    role: Role
+    content: str
+
+
+@dataclass(frozen=True, slots=True)
+class ChatRequest:
+    """What a provider is asked. `model` is the provider's own model name (no `provider/` prefix)."""
+
+    model: str
+    messages: Sequence[ChatMessage]
+    temperature: float | None = None
+    top_p: float | None = None
+    max_tokens: int | None = None
+    stop: Sequence[str] | None = None
+    seed: int | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TextDelta:
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    input_tokens: int
+    output_tokens: int
+
+
+FinishReason = Literal["stop", "length", "content_filter", "tool_calls", "other"]
+
+
+@dataclass(frozen=True, slots=True)
+class Finish:
+    reason: FinishReason
+
+
+StreamEvent = TextDelta | Usage | Finish
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    id: str  # the provider's model name, without prefix
+    provider: str
+    context_window: int | None = None
+    owned_by: str | None = None
+    vision: bool = False
+
+
+@runtime_checkable
+class ChatProvider(Protocol):
+    """One per configured provider. `stream` yields TextDelta* then at most one Usage and one Finish."""
+
+    name: str
+
+    def stream(self, request: ChatRequest) -> AsyncIterator[StreamEvent]: ...
+
+    async def list_models(self) -> list[ModelInfo]: ...
+
+    async def aclose(self) -> None: ...
+
+
+@dataclass(eq=False)
+class LLMError(Exception):
+    """Base of provider failures. `status_code` and `code` are what our HTTP error body carries."""
+
+    message: str = "The model provider failed."
+    provider: str | None = None
+    retry_after: float | None = None
+    code: str = field(default="provider_error", init=False)
+    status_code: int = field(default=502, init=False)
+    retryable: bool = field(default=False, init=False)
+
+    def __post_init__(self) -> None:
+        Exception.__init__(self, self.message)
+
+
+@dataclass(eq=False)
+class ProviderAuthError(LLMError):
+    """401/403 from the provider: our key is wrong. The user sees 502; the operator must act."""
+
+    message: str = "The model provider rejected the server's credentials."
+    code: str = field(default="provider_auth_error", init=False)
+    status_code: int = field(default=502, init=False)
+
+
+@dataclass(eq=False)
+class ProviderBusy(LLMError):
+    """429 from the provider."""
+
+    message: str = "The model provider is rate limiting requests; try again shortly."
+    code: str = field(default="provider_busy", init=False)
+    status_code: int = field(default=429, init=False)
+    retryable: bool = field(default=True, init=False)
+
+
+@dataclass(eq=False)
+class ProviderUnavailable(LLMError):
+    """5xx, connection reset or refused, timeout, malformed stream."""
+
+    message: str = "The model provider is unavailable."
+    code: str = field(default="provider_unavailable", init=False)
+    status_code: int = field(default=503, init=False)
+    retryable: bool = field(default=True, init=False)
+
+
+@dataclass(eq=False)
+class ContextTooLong(LLMError):
+    message: str = "The conversation is too long for the model's context window."
+    code: str = field(default="context_length_exceeded", init=False)
+    status_code: int = field(default=422, init=False)
+
+
+@dataclass(eq=False)
+class ProviderBadRequest(LLMError):
+    """Any other 4xx the provider gives for our request (bad parameter, unknown model upstream)."""
+
+    message: str = "The model provider rejected the request."
+    code: str = field(default="provider_bad_request", init=False)
+    status_code: int = field(default=422, init=False)
+
+
+@dataclass(eq=False)
+class UnknownModel(LLMError):
+    message: str = "The model is not known."
+    code: str = field(default="unknown_model", init=False)
+    status_code: int = field(default=422, init=False)
+
+
+@dataclass(eq=False)
+class ProviderNotConfigured(LLMError):
+    message: str = "The model's provider is not configured on this server."
+    code: str = field(default="provider_not_configured", init=False)
+    status_code: int = field(default=422, init=False)
+
+
+async def collect(events: AsyncIterator[StreamEvent]) -> tuple[str, Usage | None, Finish | None]:
+    """Non-streaming is the stream, gathered: one code path, identical results."""
+    parts: list[str] = []
+    usage: Usage | None = None
+    finish: Finish | None = None
+    async for event in events:
+        if isinstance(event, TextDelta):
+            parts.append(event.text)
+        elif isinstance(event, Usage):
+            usage = event
+        else:
+            finish = event
+    return "".join(parts), usage, finish

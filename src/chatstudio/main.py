@@ -1,0 +1,209 @@
+"""The application factory: lifespan resources, middleware, routers and the one error renderer."""
+
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from chatstudio import __version__
+from chatstudio.chat.router import router as conversations_router
+from chatstudio.config import Settings, load_settings
+from chatstudio.db import create_engine, create_sessionmaker, session_scope
+from chatstudio.errors import AppError
+from chatstudio.health import router as health_router
+from chatstudio.mail import Mailer
+from chatstudio.users.router import auth_router, users_router
+from chatstudio.users.service import AuthService
+
+logger = logging.getLogger("chatstudio")
+
+REQUEST_ID_HEADER = "x-request-id"
+_VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    406: "not_acceptable",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    429: "rate_limited",
+}
+
+
+class RequestIdMiddleware:
+    """Takes a sane X-Request-ID or makes one, exposes it to handlers and returns it."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        request_id = ""
+        for name, value in scope["headers"]:
+            if name == b"x-request-id":
+                candidate = value.decode("latin-1")
+                if _VALID_REQUEST_ID.match(candidate):
+                    request_id = candidate
+                break
+        request_id = request_id or uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = request_id
+        header = (REQUEST_ID_HEADER.encode(), request_id.encode())
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), header]
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)
+
+
+def _request_id(request: Request) -> str:
+    return str(getattr(request.state, "request_id", ""))
+
+
+def error_body(code: str, message: str, request_id: str, **extra: Any) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message, "request_id": request_id, **extra}}
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    async def app_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, AppError)
+        return JSONResponse(
+            error_body(exc.code, exc.message, _request_id(request)),
+            status_code=exc.status_code,
+            headers=exc.headers,
+        )
+
+    async def validation_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        details = [
+            {
+                "loc": list(err.get("loc", ())),
+                "msg": err.get("msg", ""),
+                "type": err.get("type", ""),
+            }
+            for err in exc.errors()
+        ]
+        return JSONResponse(
+            error_body(
+                "validation_error",
+                "The request is not valid.",
+                _request_id(request),
+                details=details,
+            ),
+            status_code=422,
+        )
+
+    async def http_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, StarletteHTTPException)
+        code = _HTTP_CODES.get(exc.status_code, "http_error")
+        message = exc.detail if isinstance(exc.detail, str) else "The request could not be processed."
+        return JSONResponse(
+            error_body(code, message, _request_id(request)),
+            status_code=exc.status_code,
+            headers=getattr(exc, "headers", None),
+        )
+
+    async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+        # The traceback goes to the log only; the client gets the request id to quote.
+        logger.exception("unhandled error (request_id=%s)", _request_id(request))
+        return JSONResponse(
+            error_body("internal_error", "An unexpected error occurred.", _request_id(request)),
+            status_code=500,
+        )
+
+    app.add_exception_handler(AppError, app_error)
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(Exception, unexpected_error)
+
+
+async def _bootstrap_admin(app: FastAPI, settings: Settings) -> None:
+    """ADMIN_EMAIL (+ ADMIN_PASSWORD) makes that account an admin at start-up. An existing account is
+    promoted only when ADMIN_PASSWORD matches it: emails are not verified, so a stranger who
+    registered the address first must not inherit the role."""
+    if not settings.admin_email:
+        return
+    password = settings.admin_password.get_secret_value() if settings.admin_password else None
+    async with session_scope(app.state.sessionmaker) as session:
+        service = AuthService(session, settings)
+        try:
+            await service.ensure_admin_at_startup(email=settings.admin_email, password=password)
+        except AppError as exc:
+            logger.warning("ADMIN_EMAIL not applied: %s", exc.message)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or load_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine = create_engine(
+            settings.database_url,
+            pool_size=settings.db_pool_size,
+            max_overflow=settings.db_max_overflow,
+            pool_timeout=settings.db_pool_timeout,
+        )
+        app.state.engine = engine
+        app.state.sessionmaker = create_sessionmaker(engine)
+        app.state.redis = _create_redis(settings)
+        try:
+            await _bootstrap_admin(app, settings)
+            yield
+        finally:
+            if app.state.redis is not None:
+                await app.state.redis.aclose()
+            await engine.dispose()
+
+    docs = settings.docs_enabled
+    app = FastAPI(
+        title="AI Chat Studio",
+        version=__version__,
+        lifespan=lifespan,
+        docs_url="/docs" if docs else None,
+        redoc_url="/redoc" if docs else None,
+        openapi_url="/openapi.json" if docs else None,
+        swagger_ui_parameters={"persistAuthorization": True},
+    )
+    app.state.settings = settings
+    app.state.mailer = Mailer(settings)
+    app.state.redis = None
+    install_error_handlers(app)
+    app.add_middleware(RequestIdMiddleware)
+
+    app.include_router(health_router)
+    api_prefix = "/api/v1"
+    app.include_router(auth_router, prefix=api_prefix)
+    app.include_router(users_router, prefix=api_prefix)
+    app.include_router(conversations_router, prefix=api_prefix)
+    return app
+
+
+def _create_redis(settings: Settings) -> Any:
+    if not settings.redis_url:
+        return None
+    from redis.asyncio import Redis
+
+    password = settings.redis_password.get_secret_value() if settings.redis_password else None
+    return Redis.from_url(
+        settings.redis_url,
+        password=password,
+        max_connections=settings.redis_max_connections,
+        socket_connect_timeout=2,
+        socket_timeout=5,
+        decode_responses=False,
+    )

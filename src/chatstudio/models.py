@@ -1,0 +1,8 @@
+"""Imports every domain's models so Base.metadata is complete (Alembic, tests)."""
+
+from __future__ import annotations
+
+
+def import_all_models() -> None:
+    import chatstudio.chat.models
+    import chatstudio.users.models  # noqa: F401
