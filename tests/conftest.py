@@ -54,6 +54,9 @@ def make_settings(database_url: str, **overrides: Any) -> Settings:
         "enable_docs": True,
         "smtp_host": None,
         "local_model_enabled": False,
+        # Limits have their own tests; elsewhere they must not interfere.
+        "rate_limit_per_minute": 100_000,
+        "rate_limit_per_hour": 1_000_000,
     }
     values.update(overrides)
     settings = Settings(_env_file=None, **values)  # type: ignore[call-arg]

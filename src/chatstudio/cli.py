@@ -41,7 +41,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         log_level=settings.log_level,
         proxy_headers=False,
         server_header=False,
-        timeout_graceful_shutdown=30,
+        # Longer than the turns' own grace, so they end with a stored reply and a final event.
+        timeout_graceful_shutdown=int(settings.shutdown_grace_seconds) + 10,
     )
     return 0
 
@@ -69,6 +70,8 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def cmd_create_admin(args: argparse.Namespace) -> int:
+    from sqlalchemy.exc import SQLAlchemyError
+
     from chatstudio.db import create_engine, create_sessionmaker, session_scope
     from chatstudio.errors import AppError
     from chatstudio.users.service import AuthService
@@ -95,6 +98,10 @@ def cmd_create_admin(args: argparse.Namespace) -> int:
         email, created = asyncio.run(run())
     except AppError as exc:
         print(f"chatstudio: {exc.message}", file=sys.stderr)
+        return 1
+    except SQLAlchemyError as exc:
+        # Most often an unmigrated or unreachable database; the class name is enough to act on.
+        print(f"chatstudio: database error ({type(exc).__name__}); run `chatstudio migrate` first?", file=sys.stderr)
         return 1
     print(f"{'created' if created else 'promoted'} admin {email}")
     return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 import secrets
@@ -66,6 +67,7 @@ _COMMENT_TOLERANT_FIELDS = (
     "debug",
     "enable_docs",
     "password_reset_expire_minutes",
+    "shutdown_grace_seconds",
     "default_model",
     "local_model_enabled",
     "local_model_threads",
@@ -115,6 +117,8 @@ class Settings(BaseSettings):
     data_dir: Path = Path("./data")
     public_base_url: str = "http://127.0.0.1:8000"
     timezone: str = "UTC"
+    # On SIGTERM, running replies get this long to finish before they are stored as interrupted.
+    shutdown_grace_seconds: float = Field(20, ge=0, le=600)
 
     # security
     secret_key: SecretStr | None = None
@@ -123,17 +127,20 @@ class Settings(BaseSettings):
     refresh_token_expire_days: int = Field(30, ge=1, le=365)
     password_reset_expire_minutes: int = Field(30, ge=5, le=24 * 60)
     allowed_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # Peers whose X-Forwarded-For / X-Forwarded-Proto are believed (the reverse proxy), IPs or CIDRs.
+    forwarded_allow_ips: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["127.0.0.1", "::1"])
     admin_email: str | None = None
     admin_password: SecretStr | None = None
 
     # database
-    database_url: str = "sqlite+aiosqlite:///./data/chatstudio.db"
+    # repr=False: the URL usually carries the database password; keep it out of any logged repr.
+    database_url: str = Field("sqlite+aiosqlite:///./data/chatstudio.db", repr=False)
     db_pool_size: int = Field(5, ge=1, le=200)
     db_max_overflow: int = Field(10, ge=0, le=500)
     db_pool_timeout: float = Field(30, gt=0, le=600)
 
     # redis
-    redis_url: str | None = None
+    redis_url: str | None = Field(None, repr=False)
     redis_password: SecretStr | None = None
     redis_max_connections: int = Field(50, ge=1, le=10_000)
 
@@ -206,7 +213,7 @@ class Settings(BaseSettings):
             cleaned[key] = value
         return cleaned
 
-    @field_validator("allowed_origins", "allowed_extensions", mode="before")
+    @field_validator("allowed_origins", "allowed_extensions", "forwarded_allow_ips", mode="before")
     @classmethod
     def _parse_list(cls, value: Any) -> Any:
         return _split_list(value)
@@ -222,6 +229,32 @@ class Settings(BaseSettings):
             except json.JSONDecodeError:
                 raise ValueError("must be valid JSON") from None
         return value
+
+    @field_validator("forwarded_allow_ips")
+    @classmethod
+    def _check_networks(cls, value: list[str]) -> list[str]:
+        import ipaddress
+
+        for item in value:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError(f"{item!r} is not an IP address or CIDR network") from None
+        return value
+
+    @field_validator("allowed_origins")
+    @classmethod
+    def _exact_origins(cls, value: list[str]) -> list[str]:
+        """Exact `scheme://host[:port]` origins only: a wildcard or `null` would let any page in."""
+        origins = []
+        for origin in value:
+            origin = origin.strip().rstrip("/")
+            if origin in ("*", "null"):
+                raise ValueError(f"{origin!r} is not allowed; list the exact origins of your front ends")
+            if not origin.startswith(("http://", "https://")) or "/" in origin.split("://", 1)[1]:
+                raise ValueError(f"{origin!r} is not an origin like https://chat.example.com")
+            origins.append(origin)
+        return origins
 
     @field_validator("allowed_extensions")
     @classmethod
@@ -302,6 +335,10 @@ class Settings(BaseSettings):
         problem = secret_key_problem(key, self.algorithm)
         if problem and not self.debug:
             raise ConfigError(f"SECRET_KEY {problem}; {GENERATE_KEY_HINT}")
+        if problem:
+            logging.getLogger("chatstudio").warning(
+                "SECRET_KEY %s; accepted only because DEBUG=true. %s", problem, GENERATE_KEY_HINT
+            )
 
 
 def secret_key_problem(key: str, algorithm: str = "HS256") -> str | None:

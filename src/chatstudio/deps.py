@@ -11,11 +11,13 @@ from fastapi.security import OAuth2PasswordBearer
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from chatstudio.chat.turns import TurnManager
 from chatstudio.config import Settings
 from chatstudio.db import session_scope
 from chatstudio.errors import Forbidden, Unauthorized
 from chatstudio.mail import Mailer
 from chatstudio.security import AccessClaims
+from chatstudio.throttle import Throttle
 from chatstudio.users.models import User
 from chatstudio.users.service import AuthService
 
@@ -28,8 +30,25 @@ def get_mailer(request: Request) -> Mailer:
     return cast(Mailer, request.app.state.mailer)
 
 
+def get_turns(request: Request) -> TurnManager:
+    return cast(TurnManager, request.app.state.turns)
+
+
 def get_redis(request: Request) -> Redis | None:
     return cast("Redis | None", request.app.state.redis)
+
+
+def get_throttle(request: Request) -> Throttle:
+    return cast(Throttle, request.app.state.throttle)
+
+
+def client_ip(request: Request) -> str:
+    """The peer, or the client named by a trusted proxy (see http_security.ProxyHeadersMiddleware)."""
+    return request.client.host if request.client else "unknown"
+
+
+def request_id_of(request: Request) -> str:
+    return str(getattr(request.state, "request_id", ""))
 
 
 async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
@@ -40,6 +59,8 @@ async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 MailerDep = Annotated[Mailer, Depends(get_mailer)]
+ThrottleDep = Annotated[Throttle, Depends(get_throttle)]
+TurnsDep = Annotated[TurnManager, Depends(get_turns)]
 RedisDep = Annotated["Redis | None", Depends(get_redis)]
 # scope="function": commit (or roll back) before the response goes out, so a 2xx always means
 # the change is stored.

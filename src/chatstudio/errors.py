@@ -8,6 +8,11 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 
+def error_payload(code: str, message: str, request_id: str, **extra: Any) -> dict[str, Any]:
+    """The one error body: `{"error": {"code", "message", "request_id", ...}}`."""
+    return {"error": {"code": code, "message": message, "request_id": request_id, **extra}}
+
+
 class AppError(Exception):
     status_code: ClassVar[int] = 400
     code: ClassVar[str] = "bad_request"

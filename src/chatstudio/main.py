@@ -2,26 +2,42 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
+import signal
+import threading
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from chatstudio import __version__
+from chatstudio.chat.models_api import router as models_router
 from chatstudio.chat.router import router as conversations_router
+from chatstudio.chat.turns import TurnManager
+from chatstudio.chat.ws import router as ws_router
 from chatstudio.config import Settings, load_settings
 from chatstudio.db import create_engine, create_sessionmaker, session_scope
-from chatstudio.errors import AppError
+from chatstudio.errors import AppError, error_payload
 from chatstudio.health import router as health_router
+from chatstudio.http_security import (
+    ProxyHeadersMiddleware,
+    RateLimitMiddleware,
+    SecurityHeadersMiddleware,
+    parse_networks,
+)
+from chatstudio.llm.base import LLMError
+from chatstudio.llm.registry import build_registry
 from chatstudio.mail import Mailer
+from chatstudio.throttle import Throttle
 from chatstudio.users.router import auth_router, users_router
 from chatstudio.users.service import AuthService
 
@@ -75,17 +91,20 @@ def _request_id(request: Request) -> str:
     return str(getattr(request.state, "request_id", ""))
 
 
-def error_body(code: str, message: str, request_id: str, **extra: Any) -> dict[str, Any]:
-    return {"error": {"code": code, "message": message, "request_id": request_id, **extra}}
-
-
 def install_error_handlers(app: FastAPI) -> None:
     async def app_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, AppError)
         return JSONResponse(
-            error_body(exc.code, exc.message, _request_id(request)),
+            error_payload(exc.code, exc.message, _request_id(request)),
             status_code=exc.status_code,
             headers=exc.headers,
+        )
+
+    async def llm_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, LLMError)
+        headers = {"Retry-After": str(max(1, round(exc.retry_after)))} if exc.retry_after else None
+        return JSONResponse(
+            error_payload(exc.code, exc.message, _request_id(request)), status_code=exc.status_code, headers=headers
         )
 
     async def validation_error(request: Request, exc: Exception) -> JSONResponse:
@@ -99,7 +118,7 @@ def install_error_handlers(app: FastAPI) -> None:
             for err in exc.errors()
         ]
         return JSONResponse(
-            error_body(
+            error_payload(
                 "validation_error",
                 "The request is not valid.",
                 _request_id(request),
@@ -113,7 +132,7 @@ def install_error_handlers(app: FastAPI) -> None:
         code = _HTTP_CODES.get(exc.status_code, "http_error")
         message = exc.detail if isinstance(exc.detail, str) else "The request could not be processed."
         return JSONResponse(
-            error_body(code, message, _request_id(request)),
+            error_payload(code, message, _request_id(request)),
             status_code=exc.status_code,
             headers=getattr(exc, "headers", None),
         )
@@ -122,11 +141,12 @@ def install_error_handlers(app: FastAPI) -> None:
         # The traceback goes to the log only; the client gets the request id to quote.
         logger.exception("unhandled error (request_id=%s)", _request_id(request))
         return JSONResponse(
-            error_body("internal_error", "An unexpected error occurred.", _request_id(request)),
+            error_payload("internal_error", "An unexpected error occurred.", _request_id(request)),
             status_code=500,
         )
 
     app.add_exception_handler(AppError, app_error)
+    app.add_exception_handler(LLMError, llm_error)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(Exception, unexpected_error)
@@ -161,10 +181,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.engine = engine
         app.state.sessionmaker = create_sessionmaker(engine)
         app.state.redis = _create_redis(settings)
+        app.state.throttle = Throttle.create(
+            app.state.redis, settings.rate_limit_per_minute, settings.rate_limit_per_hour
+        )
+        app.state.registry = registry = build_registry(settings)
+        app.state.turns = turns = TurnManager(app.state.sessionmaker, registry, settings.default_model)
+        restore_signal = _drain_on_sigterm(turns, settings.shutdown_grace_seconds)
         try:
             await _bootstrap_admin(app, settings)
             yield
         finally:
+            restore_signal()
+            await turns.drain(settings.shutdown_grace_seconds)
+            await registry.aclose()
             if app.state.redis is not None:
                 await app.state.redis.aclose()
             await engine.dispose()
@@ -183,6 +212,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.mailer = Mailer(settings)
     app.state.redis = None
     install_error_handlers(app)
+    # Last added runs first: request id, then proxy headers, then security headers, then CORS.
+    if settings.allowed_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.allowed_origins,
+            allow_credentials=False,  # bearer tokens, never cookies: no credentialed CORS needed
+            allow_methods=["GET", "POST", "PATCH", "DELETE"],
+            allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "X-Request-ID"],
+            expose_headers=["X-Request-ID", "Retry-After", "RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset"],
+            max_age=600,
+        )
+    app.add_middleware(RateLimitMiddleware, key=settings.signing_key, algorithm=settings.algorithm)
+    app.add_middleware(SecurityHeadersMiddleware)
+    app.add_middleware(ProxyHeadersMiddleware, trusted=parse_networks(settings.forwarded_allow_ips))
     app.add_middleware(RequestIdMiddleware)
 
     app.include_router(health_router)
@@ -190,7 +233,39 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(auth_router, prefix=api_prefix)
     app.include_router(users_router, prefix=api_prefix)
     app.include_router(conversations_router, prefix=api_prefix)
+    app.include_router(models_router, prefix=api_prefix)
+    app.include_router(ws_router)
     return app
+
+
+def _drain_on_sigterm(turns: TurnManager, grace: float) -> Callable[[], None]:
+    """Start draining turns the moment SIGTERM arrives, not when uvicorn gets to the lifespan's end.
+
+    uvicorn waits for open responses (our SSE streams) before it runs the shutdown half of the
+    lifespan, so the drain must begin from the signal: new turns get 503, running ones have `grace`
+    seconds, then are stored as `interrupted` and their streams end with an error event, which lets
+    uvicorn finish. Only chained onto a handler uvicorn installed, so tests and other hosts are
+    left alone.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    previous = signal.getsignal(signal.SIGTERM)
+    owner = getattr(previous, "__self__", None)
+    if owner is None or not type(owner).__module__.startswith("uvicorn"):
+        return lambda: None
+    loop = asyncio.get_running_loop()
+
+    def on_sigterm(signum: int, frame: Any) -> None:
+        loop.call_soon_threadsafe(lambda: loop.create_task(turns.drain(grace)))
+        if callable(previous):
+            previous(signum, frame)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+
+    def restore() -> None:
+        signal.signal(signal.SIGTERM, previous)
+
+    return restore
 
 
 def _create_redis(settings: Settings) -> Any:

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import and_, delete, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from chatstudio.chat.models import Conversation, Message
+from chatstudio.chat.history import StoredTurn, branch
+from chatstudio.chat.models import Conversation, Message, MessageStatus
 
 
 def _like_pattern(text: str) -> str:
@@ -94,3 +97,34 @@ class MessageRepository:
             query = query.where(Message.id > after)
         query = query.order_by(Message.id).limit(limit)
         return list((await self.session.execute(query)).scalars())
+
+    async def branch_owned(self, conversation_id: uuid.UUID, user_id: uuid.UUID) -> ConversationTree:
+        """The reply tree's text columns, for building a prompt (served by ix_message_conversation_page)."""
+        rows = await self.session.execute(
+            select(Message.id, Message.parent_id, Message.role, Message.content)
+            .where(Message.conversation_id == conversation_id, Message.user_id == user_id)
+            .order_by(Message.id)
+        )
+        return ConversationTree([StoredTurn(r.id, r.parent_id, r.role, r.content) for r in rows])
+
+    async def finish_streaming(self, message_id: uuid.UUID, values: dict[str, Any]) -> bool:
+        """The one final write of a reply; a second attempt finds no `streaming` row and changes nothing."""
+        result = await self.session.execute(
+            update(Message).where(Message.id == message_id, Message.status == MessageStatus.STREAMING).values(**values)
+        )
+        return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True)
+class ConversationTree:
+    all: list[StoredTurn]
+
+    @property
+    def newest_id(self) -> uuid.UUID | None:
+        return self.all[-1].id if self.all else None
+
+    def get(self, message_id: uuid.UUID) -> StoredTurn | None:
+        return next((m for m in self.all if m.id == message_id), None)
+
+    def path_to(self, leaf_id: uuid.UUID | None) -> list[StoredTurn]:
+        return branch(self.all, leaf_id)

@@ -3,16 +3,24 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Response, status
+from fastapi import APIRouter, Query, Request, Response, status
+from fastapi.responses import JSONResponse, StreamingResponse
 
 from chatstudio.chat.schemas import (
     ConversationCreate,
     ConversationOut,
     ConversationUpdate,
+    EditMessageRequest,
     MessageOut,
+    RegenerateRequest,
+    SendMessageRequest,
+    TurnOut,
 )
 from chatstudio.chat.service import ConversationService
-from chatstudio.deps import CurrentUser, SessionDep
+from chatstudio.chat.transport import sse_stream
+from chatstudio.chat.turns import MessageNotFound, TurnDone, TurnFailed, TurnHandle, TurnStarted
+from chatstudio.deps import CurrentUser, SessionDep, TurnsDep, request_id_of
+from chatstudio.errors import error_payload
 from chatstudio.pagination import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
 from chatstudio.schemas import Page
 
@@ -81,3 +89,104 @@ async def list_messages(
         user.id, conversation_id, limit=limit, cursor=cursor
     )
     return {"items": items, "next_cursor": next_cursor}
+
+
+def _wants_stream(request: Request, stream: bool | None) -> bool:
+    if stream is not None:
+        return stream
+    return "text/event-stream" in request.headers.get("accept", "")
+
+
+async def _respond(request: Request, handle: TurnHandle, stream: bool) -> Any:
+    """SSE: the status is fixed at 200 once `start` is out; later failures are an `error` event.
+    JSON: wait for the end (the same events, gathered) and answer with the stored messages."""
+    if stream:
+        return StreamingResponse(
+            sse_stream(handle.events()),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+    started: TurnStarted | None = None
+    async for event in handle.events():
+        if isinstance(event, TurnStarted):
+            started = event
+        elif isinstance(event, TurnDone):
+            assert started is not None
+            return TurnOut(
+                user_message=MessageOut.model_validate(started.user_message) if started.user_message else None,
+                assistant_message=MessageOut.model_validate(event.assistant_message),
+            )
+        elif isinstance(event, TurnFailed):
+            status = 409 if event.status_code == 499 else event.status_code
+            extra = {"message_id": str(event.assistant_message.id)} if event.assistant_message else {}
+            headers = {"Retry-After": str(max(1, round(event.retry_after)))} if event.retry_after else None
+            body = error_payload(event.code, event.message, request_id_of(request), **extra)
+            return JSONResponse(body, status, headers=headers)
+    raise AssertionError("a turn always ends with done or error")
+
+
+@router.post("/{conversation_id}/messages", response_model=TurnOut, status_code=status.HTTP_200_OK)
+async def send_message(
+    conversation_id: uuid.UUID, body: SendMessageRequest, request: Request, user: CurrentUser, turns: TurnsDep
+) -> Any:
+    handle = await turns.start(
+        user_id=user.id,
+        conversation_id=conversation_id,
+        content=body.content,
+        model=body.model,
+        params=body.params,
+        parent_id=body.parent_id,
+    )
+    return await _respond(request, handle, _wants_stream(request, body.stream))
+
+
+@router.post("/{conversation_id}/messages/{message_id}/regenerate", response_model=TurnOut)
+async def regenerate(
+    conversation_id: uuid.UUID,
+    message_id: uuid.UUID,
+    request: Request,
+    user: CurrentUser,
+    turns: TurnsDep,
+    body: RegenerateRequest | None = None,
+) -> Any:
+    body = body or RegenerateRequest()
+    handle = await turns.start(
+        user_id=user.id,
+        conversation_id=conversation_id,
+        content=None,
+        model=body.model,
+        params=body.params,
+        regenerate_from=message_id,
+    )
+    return await _respond(request, handle, _wants_stream(request, body.stream))
+
+
+@router.post("/{conversation_id}/messages/{message_id}/edit", response_model=TurnOut)
+async def edit_message(
+    conversation_id: uuid.UUID,
+    message_id: uuid.UUID,
+    body: EditMessageRequest,
+    request: Request,
+    user: CurrentUser,
+    turns: TurnsDep,
+) -> Any:
+    """A changed question is a new sibling of the old one; the old branch stays in the tree."""
+    handle = await turns.start_edit(
+        user_id=user.id,
+        conversation_id=conversation_id,
+        message_id=message_id,
+        content=body.content,
+        model=body.model,
+        params=body.params,
+    )
+    return await _respond(request, handle, _wants_stream(request, body.stream))
+
+
+@router.post("/{conversation_id}/messages/{message_id}/cancel", status_code=status.HTTP_202_ACCEPTED)
+async def cancel_turn(conversation_id: uuid.UUID, message_id: uuid.UUID, user: CurrentUser, turns: TurnsDep) -> Any:
+    """Stop a reply that is being generated (by this server instance); what was written is kept."""
+    handle = turns.get(message_id, user.id)
+    if handle is None or handle.prepared.assistant_message.conversation_id != conversation_id:
+        raise MessageNotFound("No reply is being generated for this message.")
+    turns.cancel(handle)
+    return {"status": "cancelling"}

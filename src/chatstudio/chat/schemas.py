@@ -4,7 +4,7 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Any
 
-from pydantic import Field, StringConstraints
+from pydantic import AfterValidator, Field, StringConstraints
 
 from chatstudio.schemas import RequestModel, ResponseModel
 
@@ -79,3 +79,40 @@ class MessageOut(ResponseModel):
     finish_reason: str | None
     error_code: str | None
     created_at: datetime
+
+
+def _not_blank(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be empty")
+    return value
+
+
+MAX_MESSAGE_CHARS = 100_000
+MessageContent = Annotated[str, Field(min_length=1, max_length=MAX_MESSAGE_CHARS), AfterValidator(_not_blank)]
+
+
+class SendMessageRequest(RequestModel):
+    content: MessageContent
+    model: ModelId | None = None
+    params: ChatParams | None = None
+    stream: bool | None = None
+    # Answer under this message instead of the newest one (continue another branch).
+    parent_id: uuid.UUID | None = None
+
+
+class RegenerateRequest(RequestModel):
+    model: ModelId | None = None
+    params: ChatParams | None = None
+    stream: bool | None = None
+
+
+class EditMessageRequest(RequestModel):
+    content: MessageContent
+    model: ModelId | None = None
+    params: ChatParams | None = None
+    stream: bool | None = None
+
+
+class TurnOut(ResponseModel):
+    user_message: MessageOut | None
+    assistant_message: MessageOut

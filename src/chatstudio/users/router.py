@@ -11,8 +11,11 @@ from chatstudio.deps import (
     PrincipalDep,
     SessionDep,
     SettingsDep,
+    ThrottleDep,
+    client_ip,
 )
-from chatstudio.errors import BadRequest
+from chatstudio.errors import BadRequest, InvalidCredentials
+from chatstudio.throttle import ResetMailSuppressed
 from chatstudio.users.schemas import (
     ChangePasswordRequest,
     LoginRequest,
@@ -62,7 +65,10 @@ def _token_pair(tokens: IssuedTokens) -> TokenPair:
 
 
 @auth_router.post("/register", status_code=status.HTTP_201_CREATED, response_model=UserOut)
-async def register(body: RegisterRequest, session: SessionDep, settings: SettingsDep) -> Any:
+async def register(
+    body: RegisterRequest, request: Request, session: SessionDep, settings: SettingsDep, throttle: ThrottleDep
+) -> Any:
+    await throttle.register_attempt(client_ip(request))
     return await AuthService(session, settings).register(email=body.email, password=body.password, name=body.name)
 
 
@@ -87,13 +93,18 @@ async def _read_login(request: Request) -> LoginRequest:
 
 
 @auth_router.post("/login", response_model=TokenPair, openapi_extra=_LOGIN_BODY)
-async def login(request: Request, session: SessionDep, settings: SettingsDep) -> Any:
+async def login(request: Request, session: SessionDep, settings: SettingsDep, throttle: ThrottleDep) -> Any:
     body = await _read_login(request)
-    tokens = await AuthService(session, settings).login(
-        email=body.email,
-        password=body.password,
-        user_agent=request.headers.get("user-agent"),
-    )
+    ip = client_ip(request)
+    await throttle.before_login(ip, body.email)
+    try:
+        tokens = await AuthService(session, settings).login(
+            email=body.email, password=body.password, user_agent=request.headers.get("user-agent")
+        )
+    except InvalidCredentials:
+        await throttle.login_failed(ip, body.email)
+        raise
+    await throttle.login_succeeded(ip, body.email)
     return _token_pair(tokens)
 
 
@@ -116,8 +127,14 @@ async def request_password_reset(
     settings: SettingsDep,
     mailer: MailerDep,
     background: BackgroundTasks,
+    request: Request,
+    throttle: ThrottleDep,
 ) -> dict[str, str]:
-    mail = await AuthService(session, settings).request_password_reset(body.email)
+    try:
+        await throttle.reset_attempt(client_ip(request), body.email)
+        mail = await AuthService(session, settings).request_password_reset(body.email)
+    except ResetMailSuppressed:
+        mail = None
     if mail is not None:
         # Sent after the response (and after the commit), so the answer takes the same time
         # whether or not the account exists.
@@ -129,7 +146,10 @@ async def request_password_reset(
 
 
 @auth_router.post("/password-reset/confirm", status_code=status.HTTP_204_NO_CONTENT)
-async def confirm_password_reset(body: PasswordResetConfirm, session: SessionDep, settings: SettingsDep) -> Response:
+async def confirm_password_reset(
+    body: PasswordResetConfirm, request: Request, session: SessionDep, settings: SettingsDep, throttle: ThrottleDep
+) -> Response:
+    await throttle.auth_attempt(client_ip(request))
     await AuthService(session, settings).confirm_password_reset(token=body.token, new_password=body.new_password)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 

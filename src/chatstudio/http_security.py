@@ -1,0 +1,198 @@
+"""HTTP hardening as plain ASGI middleware (cheap on the streaming path): trusted proxy headers,
+security headers on every response, and no TRACE."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from collections.abc import Iterable
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from chatstudio.errors import AppError
+from chatstudio.security import decode_access_token
+from chatstudio.throttle import rate_headers
+
+API_CSP = "default-src 'none'; frame-ancestors 'none'"
+HSTS = "max-age=31536000; includeSubDomains"
+_BASE_HEADERS = [
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"permissions-policy", b"camera=(), microphone=(), geolocation=(), payment=(), usb=()"),
+    (b"x-frame-options", b"DENY"),
+    (b"cross-origin-opener-policy", b"same-origin"),
+]
+_BLOCKED_METHODS = frozenset({"TRACE", "TRACK", "CONNECT"})
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def parse_networks(values: Iterable[str]) -> list[Network]:
+    networks: list[Network] = []
+    for value in values:
+        value = value.strip()
+        if value:
+            networks.append(ipaddress.ip_network(value, strict=False))
+    return networks
+
+
+def _is_trusted(host: str | None, trusted: list[Network]) -> bool:
+    if not host or not trusted:
+        return False
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return any(address in network for network in trusted)
+
+
+class ProxyHeadersMiddleware:
+    """Believe X-Forwarded-For / X-Forwarded-Proto only when the direct peer is a trusted proxy.
+
+    The client is the right-most address in X-Forwarded-For that is not itself a trusted proxy, so a
+    client cannot spoof its address by sending the header: the proxy appends the real one after it.
+    """
+
+    def __init__(self, app: ASGIApp, trusted: list[Network]) -> None:
+        self.app = app
+        self.trusted = trusted
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] in ("http", "websocket") and self.trusted:
+            client = scope.get("client")
+            if client and _is_trusted(client[0], self.trusted):
+                headers = dict(scope["headers"])
+                forwarded_for = headers.get(b"x-forwarded-for", b"").decode("latin-1")
+                hops = [hop.strip() for hop in forwarded_for.split(",") if hop.strip()]
+                while hops and _is_trusted(hops[-1], self.trusted):
+                    hops.pop()
+                if hops:
+                    scope["client"] = (hops[-1], 0)
+                proto = headers.get(b"x-forwarded-proto", b"").decode("latin-1").split(",")[-1].strip().lower()
+                if proto in ("http", "https"):
+                    scope["scheme"] = proto if scope["type"] == "http" else ("wss" if proto == "https" else "ws")
+        await self.app(scope, receive, send)
+
+
+class SecurityHeadersMiddleware:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if scope["method"] in _BLOCKED_METHODS:
+            await _method_not_allowed(send, str(scope.get("state", {}).get("request_id", "")))
+            return
+        authenticated = any(name == b"authorization" for name, _ in scope["headers"])
+        https = scope.get("scheme") == "https"
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                present = {name.lower() for name, _ in headers}
+                headers.extend(h for h in _BASE_HEADERS if h[0] not in present)
+                if b"content-security-policy" not in present:
+                    headers.append((b"content-security-policy", API_CSP.encode()))
+                if authenticated:
+                    # Per-user answers must never be kept by a shared cache or the browser's disk.
+                    headers = [h for h in headers if h[0].lower() != b"cache-control"]
+                    headers.append((b"cache-control", b"no-store"))
+                if https:
+                    headers.append((b"strict-transport-security", HSTS.encode()))
+                message["headers"] = headers
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+async def _method_not_allowed(send: Send, request_id: str) -> None:
+    body = json.dumps(
+        {"error": {"code": "method_not_allowed", "message": "This method is not allowed.", "request_id": request_id}}
+    ).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 405,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"allow", b"GET, POST, PATCH, DELETE, OPTIONS, HEAD"),
+                *_BASE_HEADERS,
+                (b"content-security-policy", API_CSP.encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+class RateLimitMiddleware:
+    """The general limit (RATE_LIMIT_PER_MINUTE / _PER_HOUR) on the API, per user, else per client IP.
+
+    The user is read from a validly signed access token without touching the database, so a flood
+    of requests costs no queries. Redis trouble never fails a request: the throttle falls back to a
+    per-instance limit.
+    """
+
+    PREFIXES = ("/api/", "/v1/", "/ws/")
+
+    def __init__(self, app: ASGIApp, *, key: str, algorithm: str) -> None:
+        self.app = app
+        self.key = key
+        self.algorithm = algorithm
+
+    def identity(self, scope: Scope) -> str:
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                scheme, _, token = value.decode("latin-1").partition(" ")
+                if scheme.lower() == "bearer" and token:
+                    try:
+                        claims = decode_access_token(token.strip(), key=self.key, algorithm=self.algorithm)
+                    except AppError:
+                        break
+                    return f"user:{claims.user_id}"
+                break
+        client = scope.get("client")
+        return f"ip:{client[0] if client else 'unknown'}"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        throttle = getattr(scope["app"].state, "throttle", None) if "app" in scope else None
+        if (
+            scope["type"] not in ("http", "websocket")
+            or throttle is None
+            or not scope["path"].startswith(self.PREFIXES)
+        ):
+            await self.app(scope, receive, send)
+            return
+        decision = await throttle.request(self.identity(scope))
+        headers = [(name.lower().encode(), value.encode()) for name, value in rate_headers(decision).items()]
+        if not decision.allowed:
+            if scope["type"] == "websocket":
+                await send({"type": "websocket.close", "code": 4429, "reason": "rate limited"})
+                return
+            request_id = str(scope.get("state", {}).get("request_id", ""))
+            body = json.dumps(
+                {"error": {"code": "rate_limited", "message": "Too many requests.", "request_id": request_id}}
+            ).encode()
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 429,
+                    "headers": [
+                        (b"content-type", b"application/json"),
+                        (b"content-length", str(len(body)).encode()),
+                        (b"retry-after", str(decision.retry_after).encode()),
+                        *headers,
+                    ],
+                }
+            )
+            await send({"type": "http.response.body", "body": body})
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), *headers]
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)

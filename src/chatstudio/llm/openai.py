@@ -1,0 +1,154 @@
+"""OpenAI Chat Completions, streamed; also every OpenAI-compatible server (Ollama, vLLM, LM Studio, llama.cpp).
+
+Wire format: https://platform.openai.com/docs/api-reference/chat/create and
+https://platform.openai.com/docs/api-reference/chat-streaming — `POST {base}/chat/completions` with
+`stream: true`, answered by SSE `data: {chat.completion.chunk}` lines and a final `data: [DONE]`.
+`stream_options.include_usage` adds one last chunk with empty `choices` and the `usage` totals.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncGenerator, Callable, Iterable, Mapping
+from typing import Any
+
+from chatstudio.llm.base import (
+    ChatRequest,
+    Finish,
+    FinishReason,
+    LLMError,
+    ModelInfo,
+    StreamEvent,
+    TextDelta,
+    Usage,
+)
+from chatstudio.llm.http import HTTPClient, SSEReader, error_from_kind, premature_end
+
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
+
+_FINISH: dict[str, FinishReason] = {
+    "stop": "stop",
+    "length": "length",
+    "content_filter": "content_filter",
+    "tool_calls": "tool_calls",
+    "function_call": "tool_calls",
+}
+
+
+def _stream_error(provider: str, error: Any, secrets: tuple[str, ...]) -> LLMError:
+    if isinstance(error, dict):
+        kind = error.get("code") or error.get("type") or ""
+        return error_from_kind(provider, str(kind), str(error.get("message") or ""), secrets)
+    return error_from_kind(provider, "", str(error), secrets)
+
+
+_CHAT_PREFIXES = ("gpt-", "chatgpt-", "o1", "o3", "o4")
+_NOT_CHAT = ("embedding", "tts", "whisper", "dall-e", "audio", "realtime", "transcribe", "image", "moderation")
+
+
+def is_openai_chat_model(model: str) -> bool:
+    """api.openai.com lists embedding, speech and image models too; only chat models belong in a picker."""
+    return model.startswith(_CHAT_PREFIXES) and not any(word in model for word in _NOT_CHAT)
+
+
+class OpenAIProvider:
+    """One OpenAI-style server. `name` is what users write before the slash (`openai`, `ollama`, ...)."""
+
+    def __init__(
+        self,
+        *,
+        name: str = "openai",
+        base_url: str = DEFAULT_BASE_URL,
+        api_key: str | None = None,
+        organization: str | None = None,
+        models: Iterable[str] = (),
+        max_tokens_field: str = "max_tokens",
+        connect_timeout: float = 5.0,
+        read_timeout: float = 60.0,
+        extra_headers: Mapping[str, str] | None = None,
+        model_filter: Callable[[str], bool] | None = None,
+    ) -> None:
+        self.name = name
+        self._model_filter = model_filter
+        self.static_models = tuple(models)
+        # api.openai.com deprecated `max_tokens` for `max_completion_tokens`; compatible servers only know the former.
+        self._max_tokens_field = max_tokens_field
+        headers = dict(extra_headers or {})
+        if api_key:
+            headers["Authorization"] = f"Bearer {api_key}"
+        if organization:
+            headers["OpenAI-Organization"] = organization
+        self._http = HTTPClient(
+            provider=name,
+            base_url=base_url,
+            headers=headers,
+            connect_timeout=connect_timeout,
+            read_timeout=read_timeout,
+            secrets=(api_key,),
+        )
+
+    def payload(self, request: ChatRequest) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "model": request.model,
+            "messages": [{"role": m.role, "content": m.content} for m in request.messages],
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+        optional: dict[str, Any] = {
+            "temperature": request.temperature,
+            "top_p": request.top_p,
+            self._max_tokens_field: request.max_tokens,
+            "stop": list(request.stop) if request.stop else None,
+            "seed": request.seed,
+            "presence_penalty": request.presence_penalty,
+            "frequency_penalty": request.frequency_penalty,
+        }
+        body.update((key, value) for key, value in optional.items() if value is not None)
+        return body
+
+    async def stream(self, request: ChatRequest) -> AsyncGenerator[StreamEvent, None]:
+        http = self._http
+        finish: str | None = None
+        usage: Usage | None = None
+        async with http.boundary(), http.post_stream("/chat/completions", self.payload(request)) as response:
+            done = False
+            async for event in SSEReader(response.content):
+                data = event.data
+                if data == "[DONE]":
+                    done = True
+                    break
+                chunk = json.loads(data)
+                error = chunk.get("error")
+                if error:
+                    raise _stream_error(self.name, error, http.secrets)
+                for choice in chunk.get("choices") or ():
+                    if choice.get("index", 0) != 0:
+                        continue
+                    delta = choice.get("delta")
+                    if delta:
+                        text = delta.get("content")
+                        if text:
+                            yield TextDelta(text)
+                    if choice.get("finish_reason"):
+                        finish = choice["finish_reason"]
+                counts = chunk.get("usage")
+                if counts:
+                    usage = Usage(int(counts.get("prompt_tokens") or 0), int(counts.get("completion_tokens") or 0))
+            # A few compatible servers close without [DONE]; once the finish reason came, the reply is whole.
+            if not done and finish is None:
+                raise premature_end(self.name)
+        if usage is not None:
+            yield usage
+        yield Finish(_FINISH.get(finish, "other") if finish else "stop")
+
+    async def list_models(self) -> list[ModelInfo]:
+        listing = await self._http.get_json("/models")
+        keep = self._model_filter or (lambda _: True)
+        return [
+            ModelInfo(id=str(item["id"]), provider=self.name, owned_by=item.get("owned_by"))
+            for item in listing.get("data") or ()
+            if isinstance(item, dict) and item.get("id") and keep(str(item["id"]))
+        ]
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
