@@ -243,9 +243,9 @@ def _drain_on_sigterm(turns: TurnManager, grace: float) -> Callable[[], None]:
 
     uvicorn waits for open responses (our SSE streams) before it runs the shutdown half of the
     lifespan, so the drain must begin from the signal: new turns get 503, running ones have `grace`
-    seconds, then are stored as `interrupted` and their streams end with an error event, which lets
-    uvicorn finish. Only chained onto a handler uvicorn installed, so tests and other hosts are
-    left alone.
+    seconds, then are stored as `interrupted` and their streams end with an error event; only then
+    is the signal handed to uvicorn. Only chained onto a handler uvicorn installed, so tests and
+    other hosts are left alone.
     """
     if threading.current_thread() is not threading.main_thread():
         return lambda: None
@@ -254,11 +254,28 @@ def _drain_on_sigterm(turns: TurnManager, grace: float) -> Callable[[], None]:
     if owner is None or not type(owner).__module__.startswith("uvicorn"):
         return lambda: None
     loop = asyncio.get_running_loop()
+    draining: list[asyncio.Task[None]] = []  # holds the drain task so it is not garbage-collected
 
-    def on_sigterm(signum: int, frame: Any) -> None:
-        loop.call_soon_threadsafe(lambda: loop.create_task(turns.drain(grace)))
+    def hand_over(signum: int, frame: Any) -> None:
         if callable(previous):
             previous(signum, frame)
+
+    signalled: list[bool] = []
+
+    def on_sigterm(signum: int, frame: Any) -> None:
+        if signalled:  # a second signal: stop waiting
+            hand_over(signum, frame)
+            return
+        signalled.append(True)
+
+        def start() -> None:
+            task = loop.create_task(turns.drain(grace))
+            # uvicorn closes WebSockets as soon as it starts shutting down; hand over only once the
+            # turns have ended, so every client still gets its final event.
+            task.add_done_callback(lambda _: hand_over(signum, frame))
+            draining.append(task)
+
+        loop.call_soon_threadsafe(start)
 
     signal.signal(signal.SIGTERM, on_sigterm)
 

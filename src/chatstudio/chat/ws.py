@@ -179,10 +179,13 @@ class ChatSocket:
                 continue
             try:
                 frame = json.loads(text)
-                kind = frame.get("type") if isinstance(frame, dict) else None
-            except ValueError:
+            except (ValueError, RecursionError):  # deep nesting raises RecursionError, not ValueError
                 await self.error("invalid_frame", "The frame is not valid JSON.")
                 continue
+            if not isinstance(frame, dict):
+                await self.error("invalid_frame", "Frames must be JSON objects.")
+                continue
+            kind = frame.get("type")
             request_id = frame.get("request_id") if isinstance(frame.get("request_id"), str) else None
             if kind == "ping":
                 await self.send({"type": "pong", "request_id": request_id})
