@@ -58,6 +58,12 @@ coverage: $(STAMP)
 	$(BIN)/coverage run -m pytest $(PYTEST_ARGS)
 	$(BIN)/coverage report --skip-covered
 
+# Benchmarks (not part of `make test`): a table on stdout, JSON in bench/results/. Needs PostgreSQL;
+# LITELLM=1 adds scenario D (installs litellm[proxy] into bench/.litellm-venv on first use).
+.PHONY: bench
+bench: $(STAMP)
+	LITELLM=$(LITELLM) $(BIN)/python -m bench $(BENCH_ARGS)
+
 lock: $(STAMP)
 	$(BIN)/python -m pip install --quiet uv
 	$(BIN)/uv pip compile pyproject.toml --python-version 3.11 -o requirements.txt

@@ -24,8 +24,13 @@ async def _inspect(url: str, fn: Any) -> Any:
         await engine.dispose()
 
 
+def _not_full_text(obj: Any, name: str | None, type_: str, reflected: bool, compare_to: Any) -> bool:
+    # The full-text indexes and SQLite's FTS5 tables live in the migrations only (see 0002).
+    return "_fts" not in (name or "")
+
+
 def _diff(connection: Any) -> list[Any]:
-    context = MigrationContext.configure(connection, opts={"compare_type": True})
+    context = MigrationContext.configure(connection, opts={"compare_type": True, "include_object": _not_full_text})
     return list(compare_metadata(context, Base.metadata))
 
 

@@ -7,6 +7,7 @@ import asyncio
 import getpass
 import logging
 import os
+import pathlib
 import sys
 from collections.abc import Sequence
 
@@ -30,6 +31,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         _migrate(settings)
     reload = settings.reload if args.reload is None else args.reload
     workers = args.workers or settings.workers
+    from chatstudio.observability.serving import prepare_server
+
+    observed = prepare_server(settings, workers=1 if reload else workers, host=args.host or settings.host)
     uvicorn.run(
         "chatstudio.main:create_app",
         factory=True,
@@ -43,17 +47,53 @@ def cmd_serve(args: argparse.Namespace) -> int:
         server_header=False,
         # Longer than the turns' own grace, so they end with a stored reply and a final event.
         timeout_graceful_shutdown=int(settings.shutdown_grace_seconds) + 10,
+        **observed,
     )
     return 0
 
 
 def _migrate(settings: Settings, revision: str = "head") -> None:
-    from chatstudio import migrate
+    from chatstudio.backup import locked_upgrade
 
     if settings.is_sqlite:
         # Make the data directory before SQLite is asked to create a file in it.
         os.makedirs(settings.data_dir, exist_ok=True)
-    migrate.upgrade(settings.database_url, revision)
+    # Under a lock: replicas started together must not run the same migration at once.
+    locked_upgrade(settings.database_url, revision)
+
+
+def cmd_backup(args: argparse.Namespace) -> int:
+    from chatstudio.backup import BackupError, backup, default_backup_path
+
+    settings = _settings_or_exit()
+    destination = args.output or default_backup_path(settings.database_url, args.dir or settings.data_dir / "backups")
+    try:
+        written = backup(settings.database_url, destination)
+    except BackupError as exc:
+        print(f"chatstudio: backup failed: {exc}", file=sys.stderr)
+        return 1
+    print(written)
+    return 0
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    from chatstudio.backup import BackupError, check_backup, restore
+
+    settings = _settings_or_exit()
+    try:
+        check_backup(settings.database_url, args.file)
+        if not args.yes:
+            if not sys.stdin.isatty():
+                print("chatstudio: restore replaces the database's contents; add --yes to confirm", file=sys.stderr)
+                return 2
+            if input(f"Replace the database's contents with {args.file}? [y/N] ").strip().lower() != "y":
+                return 1
+        restore(settings.database_url, args.file)
+    except BackupError as exc:
+        print(f"chatstudio: restore failed: {exc}", file=sys.stderr)
+        return 1
+    print(f"restored {args.file}")
+    return 0
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
@@ -107,6 +147,22 @@ def cmd_create_admin(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_check(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from chatstudio.checks import run_checks
+
+    env_files = [Path(p) for p in args.env_file] or [Path(".env"), Path(".env.production")]
+    findings = run_checks(env_files)
+    for finding in findings:
+        print(finding)
+    if findings:
+        print(f"chatstudio check: {len(findings)} problem(s) found", file=sys.stderr)
+        return 1
+    print("chatstudio check: no problems found")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="chatstudio", description="AI Chat Studio backend")
     parser.add_argument("--version", action="version", version=f"chatstudio {__version__}")
@@ -125,10 +181,27 @@ def build_parser() -> argparse.ArgumentParser:
     migrate.add_argument("--downgrade", metavar="REVISION", help="downgrade to REVISION instead")
     migrate.set_defaults(func=cmd_migrate)
 
+    backup = sub.add_parser("backup", help="back up the database (pg_dump, mysqldump or SQLite's backup API)")
+    backup.add_argument(
+        "--output", "-o", type=pathlib.Path, help="the backup file (default: DIR/chatstudio-KIND-TIME.*)"
+    )
+    backup.add_argument(
+        "--dir", type=pathlib.Path, help="directory for a default-named backup (default: DATA_DIR/backups)"
+    )
+    backup.set_defaults(func=cmd_backup)
+
+    restore = sub.add_parser("restore", help="replace the database's contents with a backup (stop the servers first)")
+    restore.add_argument("file", type=pathlib.Path)
+    restore.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    restore.set_defaults(func=cmd_restore)
+
     admin = sub.add_parser("create-admin", help="create an admin account or promote an existing one")
     admin.add_argument("--email", required=True)
     admin.add_argument("--password", help="or CHATSTUDIO_ADMIN_PASSWORD, or asked for on a terminal")
     admin.set_defaults(func=cmd_create_admin)
+    check = sub.add_parser("check", help="report insecure production settings; exit 1 when any is found")
+    check.add_argument("--env-file", action="append", default=[], help="env file(s) whose permissions to check")
+    check.set_defaults(func=cmd_check)
     return parser
 
 

@@ -79,6 +79,11 @@ _COMMENT_TOLERANT_FIELDS = (
     "provider_cooldown_seconds",
     "model_discovery_timeout",
     "model_discovery_ttl",
+    "sentry_traces_sample_rate",
+    "log_format",
+    "log_file",
+    "log_file_max_bytes",
+    "log_file_backup_count",
 )
 
 
@@ -176,18 +181,41 @@ class Settings(BaseSettings):
     model_discovery_timeout: float = Field(2, gt=0, le=60)
     model_discovery_ttl: float = Field(300, ge=0, le=86_400)
 
+    # usage ledger
+    # JSON object provider/model (or provider/*) -> USD per million tokens: {"input": 0.15, "output": 0.6}
+    model_prices: Annotated[
+        dict[str, dict[Literal["input", "output"], Annotated[float, Field(ge=0, le=1_000_000)]]], NoDecode
+    ] = Field(default_factory=dict)
+    usage_flush_interval: float = Field(2, gt=0, le=300)
+    usage_detail_retention_days: int = Field(30, ge=1, le=3650)
+
     # limits
+    # Token budgets per user (input + output tokens), off when unset; an admin can set a user's own.
+    daily_token_budget: int | None = Field(None, ge=0)
+    monthly_token_budget: int | None = Field(None, ge=0)
     rate_limit_per_minute: int = Field(60, ge=1)
     rate_limit_per_hour: int = Field(1000, ge=1)
     max_upload_size: int = Field(10 * 1024 * 1024, ge=1)
     allowed_extensions: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["txt", "md", "pdf", "docx", "png", "jpg", "jpeg"]
     )
+    # Uploaded files; default DATA_DIR/uploads.
+    upload_dir: Path | None = None
+    max_image_pixels: int = Field(25_000_000, ge=1)
+    # Largest total a .docx may unpack to (zip-bomb guard).
+    max_docx_uncompressed_size: int = Field(100 * 1024 * 1024, ge=1024)
 
     # observability
     sentry_dsn: SecretStr | None = None
     sentry_environment: str = "production"
+    sentry_traces_sample_rate: float = Field(0.0, ge=0, le=1)
     prometheus_port: int | None = Field(None, ge=1, le=65535)
+    # When set, /metrics on the main port answers only `Authorization: Bearer <METRICS_TOKEN>`.
+    metrics_token: SecretStr | None = None
+    log_format: Literal["json", "text"] = "json"
+    log_file: Path | None = None
+    log_file_max_bytes: int = Field(50 * 1024 * 1024, ge=1024)
+    log_file_backup_count: int = Field(5, ge=0, le=1000)
 
     # mail
     smtp_host: str | None = None
@@ -218,7 +246,7 @@ class Settings(BaseSettings):
     def _parse_list(cls, value: Any) -> Any:
         return _split_list(value)
 
-    @field_validator("openai_compatible_endpoints", "model_aliases", "model_fallbacks", mode="before")
+    @field_validator("openai_compatible_endpoints", "model_aliases", "model_fallbacks", "model_prices", mode="before")
     @classmethod
     def _parse_json(cls, value: Any) -> Any:
         if isinstance(value, str):
@@ -397,6 +425,7 @@ _SECRET_NAMES = frozenset(
         "COHERE_API_KEY",
         "HUGGINGFACE_API_KEY",
         "SENTRY_DSN",
+        "METRICS_TOKEN",
         "SMTP_PASSWORD",
         "ADMIN_PASSWORD",
         "OPENAI_COMPATIBLE_ENDPOINTS",

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Annotated, cast
+from typing import Annotated, Any, cast
 
 from fastapi import Depends, Request
 from fastapi.security import OAuth2PasswordBearer
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from chatstudio.apikeys.auth import ApiKeyAuthenticator, AuthenticatedKey
+from chatstudio.apikeys.service import check_scope, is_api_key
+from chatstudio.audit.service import AuditLog, RequestContext
 from chatstudio.chat.turns import TurnManager
 from chatstudio.config import Settings
 from chatstudio.db import session_scope
@@ -18,6 +21,7 @@ from chatstudio.errors import Forbidden, Unauthorized
 from chatstudio.mail import Mailer
 from chatstudio.security import AccessClaims
 from chatstudio.throttle import Throttle
+from chatstudio.usage.ledger import request_api_key
 from chatstudio.users.models import User
 from chatstudio.users.service import AuthService
 
@@ -51,6 +55,22 @@ def request_id_of(request: Request) -> str:
     return str(getattr(request.state, "request_id", ""))
 
 
+@dataclass(frozen=True, slots=True)
+class Auditor:
+    """The audit log bound to one request's context (client IP, user agent, request id)."""
+
+    log: AuditLog
+    context: RequestContext
+
+    async def __call__(self, action: str, **fields: Any) -> None:
+        await self.log.record(self.context, action, **fields)
+
+
+def get_auditor(request: Request) -> Auditor:
+    context = RequestContext(client_ip(request), request.headers.get("user-agent"), request_id_of(request))
+    return Auditor(cast(AuditLog, request.app.state.audit), context)
+
+
 async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
     factory = cast(async_sessionmaker[AsyncSession], request.app.state.sessionmaker)
     async with session_scope(factory) as session:
@@ -60,6 +80,7 @@ async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 MailerDep = Annotated[Mailer, Depends(get_mailer)]
 ThrottleDep = Annotated[Throttle, Depends(get_throttle)]
+AuditDep = Annotated[Auditor, Depends(get_auditor)]
 TurnsDep = Annotated[TurnManager, Depends(get_turns)]
 RedisDep = Annotated["Redis | None", Depends(get_redis)]
 # scope="function": commit (or roll back) before the response goes out, so a 2xx always means
@@ -83,21 +104,58 @@ async def get_principal(
     if not token:
         raise Unauthorized()
     user, claims = await AuthService(session, settings).authenticate_access_token(token)
+    # Hand the connection back to the pool now: a chat turn opens its own sessions, and a request
+    # holding one idle connection while waiting for another deadlocks the pool under load. The
+    # session stays usable (expire_on_commit=False) and checks a connection out again if needed.
+    await session.commit()
     return Principal(user, claims)
 
 
-async def get_current_user(
-    principal: Annotated[Principal, Depends(get_principal)],
-) -> User:
-    return principal.user
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who is calling: a signed-in user (JWT), or an API key acting for its owner within its scopes.
+    `PrincipalDep` stays JWT-only, for the routes that need the sign-in (logout, password change)."""
+
+    user: User
+    api_key: AuthenticatedKey | None = None
 
 
-async def get_admin_user(user: Annotated[User, Depends(get_current_user)]) -> User:
-    if not user.is_admin:
+async def authenticate_api_key(request: Request, token: str) -> AuthenticatedKey:
+    """Cached in process (see apikeys.auth): no query per request. The key's scopes must cover the route."""
+    found = await cast(ApiKeyAuthenticator, request.app.state.api_keys).authenticate(token)
+    check_scope(found.key.scopes, request.method, request.scope["path"])
+    return found
+
+
+async def get_caller(
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    token: Annotated[str | None, Depends(oauth2_scheme)],
+) -> Caller:
+    if token and is_api_key(token):
+        found = await authenticate_api_key(request, token)
+        # Chat turns run in tasks copied from this context: their usage is charged to the key.
+        request_api_key.set(found.key.id)
+        return Caller(found.user, found)
+    principal = await get_principal(session, settings, token)
+    request_api_key.set(None)
+    return Caller(principal.user)
+
+
+async def get_current_user(caller: Annotated[Caller, Depends(get_caller)]) -> User:
+    return caller.user
+
+
+async def get_admin_user(caller: Annotated[Caller, Depends(get_caller)]) -> User:
+    if caller.api_key is not None:
+        raise Forbidden("API keys cannot be used for administration.")
+    if not caller.user.is_admin:
         raise Forbidden("Administrator rights are required.")
-    return user
+    return caller.user
 
 
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
+CallerDep = Annotated[Caller, Depends(get_caller)]
 CurrentUser = Annotated[User, Depends(get_current_user)]
 AdminUser = Annotated[User, Depends(get_admin_user)]

@@ -73,6 +73,11 @@ class InvalidToken(Unauthorized):
 class RefreshTokenReused(Unauthorized):
     code = "refresh_token_reused"
     keeps_changes = True
+
+    def __init__(self, message: str | None = None, *, user_id: object = None) -> None:
+        super().__init__(message)
+        self.user_id = user_id  # for the audit trail
+
     default_message = "This refresh token was already used; the session has been revoked."
 
 

@@ -83,7 +83,11 @@ class SecurityHeadersMiddleware:
             await self.app(scope, receive, send)
             return
         if scope["method"] in _BLOCKED_METHODS:
-            await _method_not_allowed(send, str(scope.get("state", {}).get("request_id", "")))
+            await _refuse(send, 405, "method_not_allowed", "This method is not allowed.", _request_id(scope))
+            return
+        if b"%00" in scope.get("query_string", b"") or "\x00" in scope["path"]:
+            # A NUL reaching a query breaks PostgreSQL text handling; no legitimate client sends one.
+            await _refuse(send, 400, "invalid_request", "NUL characters are not allowed in URLs.", _request_id(scope))
             return
         authenticated = any(name == b"authorization" for name, _ in scope["headers"])
         https = scope.get("scheme") == "https"
@@ -96,9 +100,11 @@ class SecurityHeadersMiddleware:
                 if b"content-security-policy" not in present:
                     headers.append((b"content-security-policy", API_CSP.encode()))
                 if authenticated:
-                    # Per-user answers must never be kept by a shared cache or the browser's disk.
+                    # Per-user answers must never be kept by a shared cache. One with an ETag may be
+                    # kept privately and revalidated (304); anything else is not stored at all.
                     headers = [h for h in headers if h[0].lower() != b"cache-control"]
-                    headers.append((b"cache-control", b"no-store"))
+                    policy = b"private, no-cache" if b"etag" in present else b"no-store"
+                    headers.append((b"cache-control", policy))
                 if https:
                     headers.append((b"strict-transport-security", HSTS.encode()))
                 message["headers"] = headers
@@ -107,14 +113,16 @@ class SecurityHeadersMiddleware:
         await self.app(scope, receive, send_with_headers)
 
 
-async def _method_not_allowed(send: Send, request_id: str) -> None:
-    body = json.dumps(
-        {"error": {"code": "method_not_allowed", "message": "This method is not allowed.", "request_id": request_id}}
-    ).encode()
+def _request_id(scope: Scope) -> str:
+    return str(scope.get("state", {}).get("request_id", ""))
+
+
+async def _refuse(send: Send, status: int, code: str, message: str, request_id: str) -> None:
+    body = json.dumps({"error": {"code": code, "message": message, "request_id": request_id}}).encode()
     await send(
         {
             "type": "http.response.start",
-            "status": 405,
+            "status": status,
             "headers": [
                 (b"content-type", b"application/json"),
                 (b"content-length", str(len(body)).encode()),
@@ -147,6 +155,12 @@ class RateLimitMiddleware:
             if name == b"authorization":
                 scheme, _, token = value.decode("latin-1").partition(" ")
                 if scheme.lower() == "bearer" and token:
+                    # An API key counts as its owner once this instance has accepted it (an in-memory
+                    # look-up, no I/O); an unknown key is limited by IP, so random keys gain nothing.
+                    keys = getattr(scope["app"].state, "api_keys", None) if "app" in scope else None
+                    owner = keys.cached_user_id(token.strip()) if keys is not None else None
+                    if owner is not None:
+                        return f"user:{owner}"
                     try:
                         claims = decode_access_token(token.strip(), key=self.key, algorithm=self.algorithm)
                     except AppError:

@@ -10,6 +10,7 @@ import threading
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from datetime import timedelta
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -20,6 +21,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from chatstudio import __version__
+from chatstudio.admin.router import router as admin_router
+from chatstudio.apikeys.auth import ApiKeyAuthenticator
+from chatstudio.apikeys.router import router as api_keys_router
+from chatstudio.audit.service import AuditLog
+from chatstudio.budgets import Budgets
 from chatstudio.chat.models_api import router as models_router
 from chatstudio.chat.router import router as conversations_router
 from chatstudio.chat.turns import TurnManager
@@ -27,6 +33,7 @@ from chatstudio.chat.ws import router as ws_router
 from chatstudio.config import Settings, load_settings
 from chatstudio.db import create_engine, create_sessionmaker, session_scope
 from chatstudio.errors import AppError, error_payload
+from chatstudio.files.router import router as files_router
 from chatstudio.health import router as health_router
 from chatstudio.http_security import (
     ProxyHeadersMiddleware,
@@ -34,12 +41,19 @@ from chatstudio.http_security import (
     SecurityHeadersMiddleware,
     parse_networks,
 )
+from chatstudio.idempotency import IdempotencyGate
 from chatstudio.llm.base import LLMError
 from chatstudio.llm.registry import build_registry
 from chatstudio.mail import Mailer
+from chatstudio.observability.setup import install_observability
+from chatstudio.openai_api.router import router as openai_router
+from chatstudio.search.router import router as search_router
 from chatstudio.throttle import Throttle
+from chatstudio.usage.ledger import UsageLedger
+from chatstudio.usage.router import router as usage_router
 from chatstudio.users.router import auth_router, users_router
 from chatstudio.users.service import AuthService
+from chatstudio.web.router import router as web_router
 
 logger = logging.getLogger("chatstudio")
 
@@ -184,8 +198,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.throttle = Throttle.create(
             app.state.redis, settings.rate_limit_per_minute, settings.rate_limit_per_hour
         )
+        app.state.audit = AuditLog(app.state.sessionmaker)
         app.state.registry = registry = build_registry(settings)
-        app.state.turns = turns = TurnManager(app.state.sessionmaker, registry, settings.default_model)
+        app.state.api_keys = ApiKeyAuthenticator(app.state.sessionmaker)
+        app.state.idempotency = idempotency = IdempotencyGate(
+            app.state.sessionmaker,
+            wait_limit=settings.provider_deadline + 30,
+            stale_after=timedelta(seconds=settings.provider_deadline + 60),
+        )
+        app.state.usage = usage = UsageLedger.from_settings(app.state.sessionmaker, settings)
+        usage.add_maintenance(idempotency.purge_expired)
+        usage.start()
+        app.state.budgets = budgets = Budgets(usage, settings.daily_token_budget, settings.monthly_token_budget)
+        app.state.turns = turns = TurnManager(
+            app.state.sessionmaker, registry, settings.default_model, usage, budgets=budgets
+        )
         restore_signal = _drain_on_sigterm(turns, settings.shutdown_grace_seconds)
         try:
             await _bootstrap_admin(app, settings)
@@ -193,6 +220,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             restore_signal()
             await turns.drain(settings.shutdown_grace_seconds)
+            await idempotency.aclose()
+            await usage.aclose()  # the last buffered usage records are written here
+            await app.state.audit.flush()
             await registry.aclose()
             if app.state.redis is not None:
                 await app.state.redis.aclose()
@@ -226,6 +256,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(RateLimitMiddleware, key=settings.signing_key, algorithm=settings.algorithm)
     app.add_middleware(SecurityHeadersMiddleware)
     app.add_middleware(ProxyHeadersMiddleware, trusted=parse_networks(settings.forwarded_allow_ips))
+    # Metrics, access log, Sentry, gzip and the response cache; it also wraps the lifespan to attach
+    # to the engine and the provider registry once they exist.
+    install_observability(app, settings)
     app.add_middleware(RequestIdMiddleware)
 
     app.include_router(health_router)
@@ -234,7 +267,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(users_router, prefix=api_prefix)
     app.include_router(conversations_router, prefix=api_prefix)
     app.include_router(models_router, prefix=api_prefix)
+    app.include_router(admin_router, prefix=api_prefix)
+    app.include_router(search_router, prefix=api_prefix)
+    app.include_router(files_router, prefix=api_prefix)
+    app.include_router(api_keys_router, prefix=api_prefix)
+    app.include_router(usage_router, prefix=api_prefix)
+    app.include_router(openai_router)
     app.include_router(ws_router)
+    app.include_router(web_router)
     return app
 
 

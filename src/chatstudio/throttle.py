@@ -48,7 +48,7 @@ class TooManyAttempts(RateLimited):
     default_message = "Too many attempts; wait before trying again."
 
 
-def _account_key(email: str) -> str:
+def account_ref(email: str) -> str:
     # Hashed so the shared store never holds email addresses.
     return hashlib.sha256(email.strip().lower().encode()).hexdigest()[:32]
 
@@ -111,13 +111,13 @@ class Throttle:
         self._refuse(await self._strict(f"ip:{ip}", RESET_PER_IP))
         # Over the per-account limit the request is still answered 202 by the caller, silently:
         # refusing would tell a stranger the address has an account.
-        decision = await self._strict(f"acct:{_account_key(email)}", RESET_PER_ACCOUNT)
+        decision = await self._strict(f"acct:{account_ref(email)}", RESET_PER_ACCOUNT)
         if not decision.allowed:
             raise ResetMailSuppressed()
 
     async def before_login(self, ip: str, email: str) -> None:
         await self.auth_attempt(ip)
-        account = _account_key(email)
+        account = account_ref(email)
         for key, limits in (
             (f"acct-ip:{account}:{ip}", LOGIN_FAILURES_PER_ACCOUNT_IP),
             (f"acct:{account}", LOGIN_FAILURES_PER_ACCOUNT),
@@ -128,13 +128,13 @@ class Throttle:
                 raise TooManyAttempts(decision.reset_after)
 
     async def login_failed(self, ip: str, email: str) -> None:
-        account = _account_key(email)
+        account = account_ref(email)
         await self._strict(f"acct-ip:{account}:{ip}", LOGIN_FAILURES_PER_ACCOUNT_IP)
         await self._strict(f"acct:{account}", LOGIN_FAILURES_PER_ACCOUNT)
 
     async def login_succeeded(self, ip: str, email: str) -> None:
         with contextlib.suppress(LimiterUnavailable):  # the counters expire on their own
-            await self.limiter.reset(f"acct-ip:{_account_key(email)}:{ip}", LOGIN_FAILURES_PER_ACCOUNT_IP)
+            await self.limiter.reset(f"acct-ip:{account_ref(email)}:{ip}", LOGIN_FAILURES_PER_ACCOUNT_IP)
 
 
 class ResetMailSuppressed(Exception):

@@ -467,3 +467,24 @@ async def test_models_lists_configured_providers(chat: Chat) -> None:
     assert not any(i.startswith(("anthropic/", "cohere/", "local/")) for i in ids)
     assert body["default"] == "openai/gpt-test"
     assert (await client.get("/api/v1/models")).status_code == 401
+
+
+async def test_many_concurrent_turns_on_a_small_pool(backend: Any, fake_upstream: str, tmp_path: Any) -> None:
+    """A request must not hold its auth connection while its turn waits for another one: with a pool
+    of 2 and no overflow, 8 concurrent turns would otherwise wait on each other until the pool times out."""
+    import asyncio
+
+    from tests.chat.conftest import chat_settings
+    from tests.conftest import running_app
+
+    if backend.name == "sqlite":
+        pytest.skip("SQLite engines here are not sized by DB_POOL_SIZE")
+    settings = chat_settings(backend.url, fake_upstream, tmp_path, db_pool_size=2, db_max_overflow=0, db_pool_timeout=3)
+    async with running_app(settings, wipe=True) as (client, _):
+        user = await sign_up(client)
+        conversations = [await new_conversation(client, user) for _ in range(8)]
+        responses = await asyncio.gather(
+            *(send(client, user, c, content="hello", model="steady/x") for c in conversations)
+        )
+    assert [r.status_code for r in responses] == [200] * 8
+    assert {r.json()["assistant_message"]["status"] for r in responses} == {"completed"}

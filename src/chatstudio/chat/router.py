@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import functools
 import uuid
 from typing import Annotated, Any
 
@@ -19,8 +20,11 @@ from chatstudio.chat.schemas import (
 from chatstudio.chat.service import ConversationService
 from chatstudio.chat.transport import sse_stream
 from chatstudio.chat.turns import MessageNotFound, TurnDone, TurnFailed, TurnHandle, TurnStarted
-from chatstudio.deps import CurrentUser, SessionDep, TurnsDep, request_id_of
+from chatstudio.deps import AuditDep, CurrentUser, SessionDep, SettingsDep, TurnsDep, request_id_of
 from chatstudio.errors import error_payload
+from chatstudio.files.storage import FileStore
+from chatstudio.idempotency import IdempotencyKeyHeader, idempotent_turn
+from chatstudio.observability.cache import json_with_etag
 from chatstudio.pagination import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
 from chatstudio.schemas import Page
 
@@ -37,6 +41,7 @@ async def create_conversation(body: ConversationCreate, user: CurrentUser, sessi
 
 @router.get("", response_model=Page[ConversationOut])
 async def list_conversations(
+    request: Request,
     user: CurrentUser,
     session: SessionDep,
     limit: Limit = DEFAULT_PAGE_SIZE,
@@ -53,7 +58,9 @@ async def list_conversations(
         archived=archived,
         pinned=pinned,
     )
-    return {"items": items, "next_cursor": next_cursor}
+    # ETag/304: a client polling its list gets an empty answer while nothing changed.
+    page = Page[ConversationOut].model_validate({"items": items, "next_cursor": next_cursor})
+    return json_with_etag(request, page.model_dump_json(by_alias=True).encode())
 
 
 @router.get("/{conversation_id}", response_model=ConversationOut)
@@ -72,14 +79,18 @@ async def update_conversation(
 
 
 @router.delete("/{conversation_id}", status_code=status.HTTP_204_NO_CONTENT)
-async def delete_conversation(conversation_id: uuid.UUID, user: CurrentUser, session: SessionDep) -> Response:
+async def delete_conversation(
+    conversation_id: uuid.UUID, user: CurrentUser, session: SessionDep, audit: AuditDep
+) -> Response:
     await ConversationService(session).delete(user.id, conversation_id)
+    await audit("conversation.delete", actor_id=user.id, target_type="conversation", target_id=conversation_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 @router.get("/{conversation_id}/messages", response_model=Page[MessageOut])
 async def list_messages(
     conversation_id: uuid.UUID,
+    request: Request,
     user: CurrentUser,
     session: SessionDep,
     limit: Limit = DEFAULT_PAGE_SIZE,
@@ -88,7 +99,8 @@ async def list_messages(
     items, next_cursor = await ConversationService(session).list_messages(
         user.id, conversation_id, limit=limit, cursor=cursor
     )
-    return {"items": items, "next_cursor": next_cursor}
+    page = Page[MessageOut].model_validate({"items": items, "next_cursor": next_cursor})
+    return json_with_etag(request, page.model_dump_json(by_alias=True).encode())
 
 
 def _wants_stream(request: Request, stream: bool | None) -> bool:
@@ -127,17 +139,31 @@ async def _respond(request: Request, handle: TurnHandle, stream: bool) -> Any:
 
 @router.post("/{conversation_id}/messages", response_model=TurnOut, status_code=status.HTTP_200_OK)
 async def send_message(
-    conversation_id: uuid.UUID, body: SendMessageRequest, request: Request, user: CurrentUser, turns: TurnsDep
+    conversation_id: uuid.UUID,
+    body: SendMessageRequest,
+    request: Request,
+    user: CurrentUser,
+    turns: TurnsDep,
+    settings: SettingsDep,
+    idempotency_key: IdempotencyKeyHeader = None,
 ) -> Any:
-    handle = await turns.start(
-        user_id=user.id,
-        conversation_id=conversation_id,
-        content=body.content,
-        model=body.model,
-        params=body.params,
-        parent_id=body.parent_id,
-    )
-    return await _respond(request, handle, _wants_stream(request, body.stream))
+    async def start() -> TurnHandle:
+        return await turns.start(
+            user_id=user.id,
+            conversation_id=conversation_id,
+            content=body.content,
+            model=body.model,
+            params=body.params,
+            parent_id=body.parent_id,
+            file_ids=body.file_ids,
+            files=FileStore.for_settings(settings),
+        )
+
+    stream = _wants_stream(request, body.stream)
+    if idempotency_key is not None:  # a repeat replays the stored turn instead of calling the model again
+        respond = functools.partial(_respond, request, stream=stream)
+        return await idempotent_turn(request, user.id, idempotency_key, body, start, respond, stream)
+    return await _respond(request, await start(), stream)
 
 
 @router.post("/{conversation_id}/messages/{message_id}/regenerate", response_model=TurnOut)
@@ -147,6 +173,7 @@ async def regenerate(
     request: Request,
     user: CurrentUser,
     turns: TurnsDep,
+    settings: SettingsDep,
     body: RegenerateRequest | None = None,
 ) -> Any:
     body = body or RegenerateRequest()
@@ -157,6 +184,7 @@ async def regenerate(
         model=body.model,
         params=body.params,
         regenerate_from=message_id,
+        files=FileStore.for_settings(settings),
     )
     return await _respond(request, handle, _wants_stream(request, body.stream))
 
@@ -169,6 +197,7 @@ async def edit_message(
     request: Request,
     user: CurrentUser,
     turns: TurnsDep,
+    settings: SettingsDep,
 ) -> Any:
     """A changed question is a new sibling of the old one; the old branch stays in the tree."""
     handle = await turns.start_edit(
@@ -178,6 +207,7 @@ async def edit_message(
         content=body.content,
         model=body.model,
         params=body.params,
+        files=FileStore.for_settings(settings),
     )
     return await _respond(request, handle, _wants_stream(request, body.stream))
 

@@ -84,11 +84,16 @@ class MessageOut(ResponseModel):
 def _not_blank(value: str) -> str:
     if not value.strip():
         raise ValueError("must not be empty")
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters")
     return value
 
 
 MAX_MESSAGE_CHARS = 100_000
 MessageContent = Annotated[str, Field(min_length=1, max_length=MAX_MESSAGE_CHARS), AfterValidator(_not_blank)]
+# Uploaded files (POST /api/v1/files) whose text, or image, goes with the message.
+MAX_FILES_PER_MESSAGE = 10
+FileIds = Annotated[list[uuid.UUID], Field(max_length=MAX_FILES_PER_MESSAGE)]
 
 
 class SendMessageRequest(RequestModel):
@@ -98,6 +103,7 @@ class SendMessageRequest(RequestModel):
     stream: bool | None = None
     # Answer under this message instead of the newest one (continue another branch).
     parent_id: uuid.UUID | None = None
+    file_ids: FileIds = Field(default_factory=list)
 
 
 class RegenerateRequest(RequestModel):

@@ -13,21 +13,29 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from chatstudio.chat.history import build_prompt, estimate_tokens, title_from
+from chatstudio.chat.history import build_prompt, estimate_tokens, message_tokens, title_from
 from chatstudio.chat.models import Message, MessageRole, MessageStatus
 from chatstudio.chat.repository import ConversationRepository, MessageRepository
 from chatstudio.chat.schemas import ChatParams
 from chatstudio.chat.service import DEFAULT_TITLE, ConversationNotFound
 from chatstudio.db import session_scope, utcnow
-from chatstudio.errors import NotFound, ServiceUnavailable
-from chatstudio.llm.base import ChatRequest, Finish, LLMError, TextDelta, Usage
+from chatstudio.errors import NotFound, ServiceUnavailable, Unauthorized
+from chatstudio.files.attachments import Attachments
+from chatstudio.files.errors import AttachmentsTooLong
+from chatstudio.files.storage import FileStore
+from chatstudio.llm.base import ChatRequest, ContextTooLong, Finish, LLMError, TextDelta, Usage
 from chatstudio.llm.registry import ProviderRegistry
+from chatstudio.users.models import User
+
+if TYPE_CHECKING:
+    from chatstudio.budgets import Budgets
+    from chatstudio.usage.ledger import UsageLedger
 
 logger = logging.getLogger(__name__)
 
@@ -121,11 +129,18 @@ class TurnHandle:
 
 class TurnManager:
     def __init__(
-        self, sessionmaker: async_sessionmaker[AsyncSession], registry: ProviderRegistry, default_model: str
+        self,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        registry: ProviderRegistry,
+        default_model: str,
+        usage: UsageLedger | None = None,
+        budgets: Budgets | None = None,
     ) -> None:
         self.sessionmaker = sessionmaker
         self.registry = registry
         self.default_model = default_model
+        self.usage = usage
+        self.budgets = budgets
         self.running: dict[uuid.UUID, TurnHandle] = {}
         self.draining = False
 
@@ -142,18 +157,32 @@ class TurnManager:
         parent_id: uuid.UUID | None = None,
         regenerate_from: uuid.UUID | None = None,
         edit_of: uuid.UUID | None = None,
+        file_ids: Sequence[uuid.UUID] = (),
+        files: FileStore | None = None,
     ) -> TurnHandle:
         """Checks and stores, in one short transaction, then starts generating in the background.
 
         `content` makes a new user message under `parent_id` (default: the newest message);
         `regenerate_from` instead answers an existing message again (a sibling reply);
         `edit_of` places the new user message beside that one (same parent), branching the tree.
+        `file_ids` are the user's uploads that go with the new message, read from `files`; given
+        `files`, earlier messages' uploads are sent again too.
         """
         if self.draining:
             raise ShuttingDown()
         async with session_scope(self.sessionmaker) as session:
             prepared = await self._prepare(
-                session, user_id, conversation_id, content, model, params, parent_id, regenerate_from, edit_of
+                session,
+                user_id,
+                conversation_id,
+                content,
+                model,
+                params,
+                parent_id,
+                regenerate_from,
+                edit_of,
+                Attachments(session, files),
+                file_ids,
             )
         handle = TurnHandle(prepared)
         handle.emit(TurnStarted(prepared.user_message, prepared.assistant_message))
@@ -172,9 +201,15 @@ class TurnManager:
         parent_id: uuid.UUID | None,
         regenerate_from: uuid.UUID | None,
         edit_of: uuid.UUID | None,
+        attachments: Attachments,
+        file_ids: Sequence[uuid.UUID],
     ) -> PreparedTurn:
         conversations = ConversationRepository(session)
         messages = MessageRepository(session)
+        # A socket authenticated before its account was disabled must not start another turn.
+        owner = await session.get(User, user_id)
+        if owner is None or not owner.is_active:
+            raise Unauthorized("The account is disabled.")
         conversation = await conversations.get_owned(conversation_id, user_id)
         if conversation is None:
             raise ConversationNotFound()
@@ -212,13 +247,31 @@ class TurnManager:
             path = history.path_to(leaf)
             new_text = content
 
-        prompt = build_prompt(
-            system_prompt=conversation.system_prompt,
-            history=path,
-            new_message=new_text,
-            context_window=self.registry.context_window(model_id),
-            max_tokens=merged.get("max_tokens"),
+        # Files: the user's own only (404 otherwise), images only for a vision model (422), all before storing.
+        attached, path = await attachments.for_turn(
+            user_id, model_id, path, file_ids, answering=answer_parent if regenerate_from is not None else None
         )
+        try:
+            prompt = build_prompt(
+                system_prompt=conversation.system_prompt,
+                history=path,
+                new_message=attached.before(new_text),
+                context_window=attached.window(self.registry.context_window(model_id)),
+                max_tokens=merged.get("max_tokens"),
+            )
+        except ContextTooLong as exc:
+            if attached.files:
+                raise AttachmentsTooLong(f"The attached files are too long for {model_id}. {exc.message}") from None
+            raise
+        prompt = attached.with_images(prompt)
+        if self.budgets is not None:  # before anything is stored or any provider is called
+            await self.budgets.check(
+                session,
+                user_id,
+                daily=owner.daily_token_budget,
+                monthly=owner.monthly_token_budget,
+                estimated_tokens=sum(message_tokens(m) for m in prompt),
+            )
         if regenerate_from is None:
             user_message = await messages.add(
                 Message(
@@ -231,6 +284,7 @@ class TurnManager:
                 )
             )
             answer_parent = user_message.id
+            await attachments.link(user_message.id, attached)
             if conversation.title == DEFAULT_TITLE and not path:
                 conversation.title = title_from(new_text)
         assistant = await messages.add(
@@ -267,6 +321,7 @@ class TurnManager:
         content: str,
         model: str | None = None,
         params: ChatParams | None = None,
+        files: FileStore | None = None,
     ) -> TurnHandle:
         return await self.start(
             user_id=user_id,
@@ -275,6 +330,7 @@ class TurnManager:
             model=model,
             params=params,
             edit_of=message_id,
+            files=files,
         )
 
     # while streaming
@@ -373,6 +429,8 @@ class TurnManager:
         except Exception:
             # The reply stays in the log so an operator can recover it; the row keeps `streaming`.
             logger.exception("could not store the reply of turn %s (%d chars)", assistant.id, len(text))
+        if self.usage is not None:  # buffered in memory: no write here
+            self.usage.record_turn(assistant.user_id, prepared.model_id, usage, status.value, latency_ms, ttft_ms)
         for name, value in values.items():
             setattr(assistant, name, value)
         return assistant

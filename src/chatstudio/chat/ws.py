@@ -1,6 +1,6 @@
 """`/ws/chat`: several streamed turns over one socket.
 
-Client frames: auth {token}, message {request_id, conversation_id, content, model?, params?, parent_id?},
+Client frames: auth {token}, message {request_id, conversation_id, content, model?, params?, parent_id?, file_ids?},
 cancel {request_id}, ping. Server frames: start, delta, done, error, pong, each with the request_id.
 The token comes in the first frame or in `Sec-WebSocket-Protocol: bearer, <token>`; never in the URL.
 Protocol-level pings are uvicorn's (ws_ping_interval); this module adds an idle timeout, a frame size
@@ -19,12 +19,13 @@ from typing import Annotated, Any, Literal, cast
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from chatstudio.chat.schemas import ChatParams, MessageContent, ModelId
+from chatstudio.chat.schemas import ChatParams, FileIds, MessageContent, ModelId
 from chatstudio.chat.transport import event_payload
 from chatstudio.chat.turns import TurnHandle, TurnManager
 from chatstudio.config import Settings
 from chatstudio.db import session_scope
 from chatstudio.errors import AppError
+from chatstudio.files.storage import FileStore
 from chatstudio.llm.base import LLMError
 from chatstudio.users.models import User
 from chatstudio.users.service import AuthService
@@ -56,6 +57,7 @@ class MessageFrame(_Frame):
     model: ModelId | None = None
     params: ChatParams | None = None
     parent_id: uuid.UUID | None = None
+    file_ids: FileIds = Field(default_factory=list)
 
 
 class CancelFrame(_Frame):
@@ -132,11 +134,14 @@ class ChatSocket:
             await websocket.close(CLOSE_UNAUTHORIZED, "authentication required")
             return
         await self.send({"type": "ready", "user_id": str(self.user.id)})
+        sockets = _sockets(websocket.app.state).setdefault(self.user.id, set())
+        sockets.add(self)
         try:
             await self._loop()
         except WebSocketDisconnect:
             pass
         finally:
+            sockets.discard(self)
             # The turns go on and are stored; only their forwarding to this socket stops.
             for _, forwarder in self.active.values():
                 forwarder.cancel()
@@ -215,9 +220,16 @@ class ChatSocket:
                 model=message.model,
                 params=message.params,
                 parent_id=message.parent_id,
+                file_ids=message.file_ids,
+                files=FileStore.for_settings(self.settings),
             )
         except (AppError, LLMError) as exc:
             await self.error(exc.code, exc.message, message.request_id)
+            return
+        except Exception:
+            # One failed turn must not take the socket (and its other turns) down with it.
+            logger.exception("could not start a turn on a socket")
+            await self.error("internal_error", "An unexpected error occurred.", message.request_id)
             return
         forwarder = asyncio.create_task(self._forward(message.request_id, handle))
         self.active[message.request_id] = (handle, forwarder)
@@ -243,6 +255,26 @@ class ChatSocket:
             await self.error("not_found", "No running turn has this request_id.", cancel.request_id)
             return
         self.turns.cancel(entry[0])
+
+
+def _sockets(state: Any) -> dict[uuid.UUID, set[ChatSocket]]:
+    if not hasattr(state, "chat_sockets"):
+        state.chat_sockets = {}
+    return cast(dict[uuid.UUID, set[ChatSocket]], state.chat_sockets)
+
+
+async def close_user_sockets(state: Any, user_id: uuid.UUID) -> int:
+    """Close a disabled user's open sockets on this instance at once (4401, like a bad token).
+
+    Other instances refuse that user's next frame anyway: every turn re-checks the account."""
+    closed = 0
+    for socket in list(_sockets(state).get(user_id, ())):
+        try:
+            await socket.websocket.close(CLOSE_UNAUTHORIZED, "account disabled")
+            closed += 1
+        except RuntimeError:
+            pass  # already closing
+    return closed
 
 
 @router.websocket("/ws/chat")

@@ -10,11 +10,13 @@ top-level `system` field and `max_tokens` required. The SSE stream is `message_s
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import AsyncGenerator, Iterable
 from typing import Any
 
 from chatstudio.llm.base import (
+    ChatMessage,
     ChatRequest,
     Finish,
     FinishReason,
@@ -38,6 +40,25 @@ _FINISH: dict[str, FinishReason] = {
     "tool_use": "tool_calls",
     "refusal": "content_filter",
 }
+
+
+def _content(message: ChatMessage) -> str | list[dict[str, Any]]:
+    """Plain text, or image blocks (base64 source) followed by the text block, the order Anthropic advises."""
+    if not message.images:
+        return message.content
+    blocks: list[dict[str, Any]] = [
+        {
+            "type": "image",
+            "source": {
+                "type": "base64",
+                "media_type": image.media_type,
+                "data": base64.b64encode(image.data).decode("ascii"),
+            },
+        }
+        for image in message.images
+    ]
+    blocks.append({"type": "text", "text": message.content})
+    return blocks
 
 
 class AnthropicProvider:
@@ -68,7 +89,7 @@ class AnthropicProvider:
         body: dict[str, Any] = {
             "model": request.model,
             "max_tokens": request.max_tokens or DEFAULT_MAX_TOKENS,
-            "messages": [{"role": m.role, "content": m.content} for m in request.messages if m.role != "system"],
+            "messages": [{"role": m.role, "content": _content(m)} for m in request.messages if m.role != "system"],
             "stream": True,
         }
         if system:

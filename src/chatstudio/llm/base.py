@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
@@ -10,9 +11,30 @@ Role = Literal["system", "user", "assistant"]
 
 
 @dataclass(frozen=True, slots=True)
+class ImagePart:
+    """An image sent with a message to a vision model: the raw bytes and their type (image/png, image/jpeg)."""
+
+    data: bytes
+    media_type: str
+
+
+@dataclass(frozen=True, slots=True)
 class ChatMessage:
     role: Role
     content: str
+    images: tuple[ImagePart, ...] = ()
+
+
+# Model names (without the provider prefix) known to accept images.
+VISION_MODEL_PATTERNS = ("gpt-4o*", "gpt-4.1*", "claude-3*", "claude-*-4*")
+
+
+def supports_vision(model: str, info: ModelInfo | None = None) -> bool:
+    """`model` is `provider/name` or a bare name; a discovered ModelInfo that says so also counts."""
+    if info is not None and info.vision:
+        return True
+    name = model.rsplit("/", 1)[-1].lower()
+    return any(fnmatch.fnmatchcase(name, pattern) for pattern in VISION_MODEL_PATTERNS)
 
 
 @dataclass(frozen=True, slots=True)

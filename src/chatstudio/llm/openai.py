@@ -8,11 +8,13 @@ https://platform.openai.com/docs/api-reference/chat-streaming — `POST {base}/c
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import AsyncGenerator, Callable, Iterable, Mapping
 from typing import Any
 
 from chatstudio.llm.base import (
+    ChatMessage,
     ChatRequest,
     Finish,
     FinishReason,
@@ -44,6 +46,17 @@ def _stream_error(provider: str, error: Any, secrets: tuple[str, ...]) -> LLMErr
 
 _CHAT_PREFIXES = ("gpt-", "chatgpt-", "o1", "o3", "o4")
 _NOT_CHAT = ("embedding", "tts", "whisper", "dall-e", "audio", "realtime", "transcribe", "image", "moderation")
+
+
+def _content(message: ChatMessage) -> str | list[dict[str, Any]]:
+    """Plain text, or content parts (text, then each image as a base64 data URL) when images ride along."""
+    if not message.images:
+        return message.content
+    parts: list[dict[str, Any]] = [{"type": "text", "text": message.content}]
+    for image in message.images:
+        url = f"data:{image.media_type};base64,{base64.b64encode(image.data).decode('ascii')}"
+        parts.append({"type": "image_url", "image_url": {"url": url}})
+    return parts
 
 
 def is_openai_chat_model(model: str) -> bool:
@@ -90,7 +103,7 @@ class OpenAIProvider:
     def payload(self, request: ChatRequest) -> dict[str, Any]:
         body: dict[str, Any] = {
             "model": request.model,
-            "messages": [{"role": m.role, "content": m.content} for m in request.messages],
+            "messages": [{"role": m.role, "content": _content(m)} for m in request.messages],
             "stream": True,
             "stream_options": {"include_usage": True},
         }

@@ -67,6 +67,9 @@ KNOWN_CONTEXT_WINDOWS: tuple[tuple[str, int], ...] = (
 )
 
 
+StreamObserver = Callable[[str, str, AsyncGenerator[StreamEvent, None]], AsyncGenerator[StreamEvent, None]]
+
+
 @dataclass(slots=True)
 class _Breaker:
     failures: int = 0
@@ -108,6 +111,8 @@ class ProviderRegistry:
         self._listing_until = 0.0
         self._listing_lock = asyncio.Lock()
         self._discovered: dict[str, ModelInfo] = {}
+        # Set by the application to time and count each provider call (metrics); must pass events unchanged.
+        self.observe: StreamObserver | None = None
 
     @property
     def providers(self) -> Mapping[str, ChatProvider]:
@@ -196,6 +201,8 @@ class ProviderRegistry:
             events = self.retry.stream(
                 functools.partial(provider.stream, attempt), provider=provider.name, deadline_at=deadline_at
             )
+            if self.observe is not None:
+                events = self.observe(provider.name, model, events)
             try:
                 first = await anext(events)
             except StopAsyncIteration:

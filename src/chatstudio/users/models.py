@@ -4,7 +4,7 @@ import uuid
 from datetime import datetime
 from enum import StrEnum
 
-from sqlalchemy import Boolean, ForeignKey, String, Uuid
+from sqlalchemy import Boolean, ForeignKey, Integer, String, Uuid
 from sqlalchemy.orm import Mapped, mapped_column
 
 from chatstudio.db import Base, TimestampMixin, UTCDateTime, utcnow, uuid7
@@ -26,6 +26,9 @@ class User(TimestampMixin, Base):
     role: Mapped[str] = mapped_column(String(20), default=Role.USER)
     is_active: Mapped[bool] = mapped_column(Boolean, default=True)
     password_changed_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    # Token budgets set by an admin; None falls back to the global default (DAILY/MONTHLY_TOKEN_BUDGET).
+    daily_token_budget: Mapped[int | None] = mapped_column(Integer)
+    monthly_token_budget: Mapped[int | None] = mapped_column(Integer)
 
     @property
     def is_admin(self) -> bool:

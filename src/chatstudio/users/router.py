@@ -5,7 +5,9 @@ from typing import Any
 from fastapi import APIRouter, BackgroundTasks, Request, Response, status
 from pydantic import ValidationError
 
+from chatstudio.audit.service import FAILURE
 from chatstudio.deps import (
+    AuditDep,
     CurrentUser,
     MailerDep,
     PrincipalDep,
@@ -14,8 +16,8 @@ from chatstudio.deps import (
     ThrottleDep,
     client_ip,
 )
-from chatstudio.errors import BadRequest, InvalidCredentials
-from chatstudio.throttle import ResetMailSuppressed
+from chatstudio.errors import AppError, BadRequest, InvalidCredentials, RefreshTokenReused
+from chatstudio.throttle import ResetMailSuppressed, account_ref
 from chatstudio.users.schemas import (
     ChangePasswordRequest,
     LoginRequest,
@@ -66,10 +68,21 @@ def _token_pair(tokens: IssuedTokens) -> TokenPair:
 
 @auth_router.post("/register", status_code=status.HTTP_201_CREATED, response_model=UserOut)
 async def register(
-    body: RegisterRequest, request: Request, session: SessionDep, settings: SettingsDep, throttle: ThrottleDep
+    body: RegisterRequest,
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    throttle: ThrottleDep,
+    audit: AuditDep,
 ) -> Any:
     await throttle.register_attempt(client_ip(request))
-    return await AuthService(session, settings).register(email=body.email, password=body.password, name=body.name)
+    try:
+        user = await AuthService(session, settings).register(email=body.email, password=body.password, name=body.name)
+    except AppError as exc:
+        await audit("auth.register", outcome=FAILURE, details={"reason": exc.code})
+        raise
+    await audit("auth.register", actor_id=user.id, target_type="user", target_id=user.id)
+    return user
 
 
 async def _read_login(request: Request) -> LoginRequest:
@@ -93,30 +106,41 @@ async def _read_login(request: Request) -> LoginRequest:
 
 
 @auth_router.post("/login", response_model=TokenPair, openapi_extra=_LOGIN_BODY)
-async def login(request: Request, session: SessionDep, settings: SettingsDep, throttle: ThrottleDep) -> Any:
+async def login(
+    request: Request, session: SessionDep, settings: SettingsDep, throttle: ThrottleDep, audit: AuditDep
+) -> Any:
     body = await _read_login(request)
     ip = client_ip(request)
-    await throttle.before_login(ip, body.email)
     try:
+        await throttle.before_login(ip, body.email)
         tokens = await AuthService(session, settings).login(
             email=body.email, password=body.password, user_agent=request.headers.get("user-agent")
         )
-    except InvalidCredentials:
-        await throttle.login_failed(ip, body.email)
+    except AppError as exc:
+        if isinstance(exc, InvalidCredentials):
+            await throttle.login_failed(ip, body.email)
+        # The attempted address is kept only as a digest: it may be a mistyped password.
+        await audit("auth.login", outcome=FAILURE, details={"reason": exc.code, "account": account_ref(body.email)})
         raise
     await throttle.login_succeeded(ip, body.email)
+    await audit("auth.login", actor_id=tokens.user_id)
     return _token_pair(tokens)
 
 
 @auth_router.post("/refresh", response_model=TokenPair)
-async def refresh(body: RefreshRequest, session: SessionDep, settings: SettingsDep) -> Any:
-    return _token_pair(await AuthService(session, settings).refresh(body.refresh_token))
+async def refresh(body: RefreshRequest, session: SessionDep, settings: SettingsDep, audit: AuditDep) -> Any:
+    try:
+        return _token_pair(await AuthService(session, settings).refresh(body.refresh_token))
+    except RefreshTokenReused as exc:
+        await audit("auth.refresh_token_reused", outcome=FAILURE, actor_id=exc.user_id, target_type="user")
+        raise
 
 
 @auth_router.post("/logout", status_code=status.HTTP_204_NO_CONTENT)
-async def logout(principal: PrincipalDep, session: SessionDep, settings: SettingsDep) -> Response:
+async def logout(principal: PrincipalDep, session: SessionDep, settings: SettingsDep, audit: AuditDep) -> Response:
     """Ends this sign-in: its refresh-token family and this access token stop working at once."""
     await AuthService(session, settings).logout(principal.claims)
+    await audit("auth.logout", actor_id=principal.user.id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
@@ -129,12 +153,16 @@ async def request_password_reset(
     background: BackgroundTasks,
     request: Request,
     throttle: ThrottleDep,
+    audit: AuditDep,
 ) -> dict[str, str]:
     try:
         await throttle.reset_attempt(client_ip(request), body.email)
         mail = await AuthService(session, settings).request_password_reset(body.email)
     except ResetMailSuppressed:
         mail = None
+    await audit(
+        "auth.password_reset.request", details={"account": account_ref(body.email), "mail_sent": mail is not None}
+    )
     if mail is not None:
         # Sent after the response (and after the commit), so the answer takes the same time
         # whether or not the account exists.
@@ -147,10 +175,22 @@ async def request_password_reset(
 
 @auth_router.post("/password-reset/confirm", status_code=status.HTTP_204_NO_CONTENT)
 async def confirm_password_reset(
-    body: PasswordResetConfirm, request: Request, session: SessionDep, settings: SettingsDep, throttle: ThrottleDep
+    body: PasswordResetConfirm,
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    throttle: ThrottleDep,
+    audit: AuditDep,
 ) -> Response:
     await throttle.auth_attempt(client_ip(request))
-    await AuthService(session, settings).confirm_password_reset(token=body.token, new_password=body.new_password)
+    try:
+        user_id = await AuthService(session, settings).confirm_password_reset(
+            token=body.token, new_password=body.new_password
+        )
+    except AppError as exc:
+        await audit("auth.password_reset.confirm", outcome=FAILURE, details={"reason": exc.code})
+        raise
+    await audit("auth.password_reset.confirm", actor_id=user_id, target_type="user", target_id=user_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
@@ -172,11 +212,18 @@ async def change_password(
     principal: PrincipalDep,
     session: SessionDep,
     settings: SettingsDep,
+    audit: AuditDep,
 ) -> Response:
-    await AuthService(session, settings).change_password(
-        principal.user,
-        current_password=body.current_password,
-        new_password=body.new_password,
-        current_session=principal.claims.session_id,
-    )
+    user_id = principal.user.id
+    try:
+        await AuthService(session, settings).change_password(
+            principal.user,
+            current_password=body.current_password,
+            new_password=body.new_password,
+            current_session=principal.claims.session_id,
+        )
+    except AppError as exc:
+        await audit("user.password_change", outcome=FAILURE, actor_id=user_id, details={"reason": exc.code})
+        raise
+    await audit("user.password_change", actor_id=user_id, target_type="user", target_id=user_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

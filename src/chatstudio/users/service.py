@@ -42,6 +42,7 @@ class IssuedTokens:
     access_token: str
     refresh_token: str
     expires_in: int
+    user_id: uuid.UUID
 
 
 class AuthService:
@@ -130,7 +131,7 @@ class AuthService:
         refresh = security.new_opaque_token()
         expires_at = utcnow() + timedelta(days=self.settings.refresh_token_expire_days)
         await self.sessions.add_refresh_token(session_id, security.hash_opaque_token(refresh), expires_at)
-        return IssuedTokens(access, refresh, int(lifetime.total_seconds()))
+        return IssuedTokens(access, refresh, int(lifetime.total_seconds()), user_id)
 
     async def authenticate_access_token(self, token: str) -> tuple[User, security.AccessClaims]:
         claims = security.decode_access_token(token, key=self.settings.signing_key, algorithm=self.settings.algorithm)
@@ -150,7 +151,7 @@ class AuthService:
         if token.used_at is not None or not await self.sessions.mark_refresh_token_used(token.id, now):
             # A rotated token came back: someone holds a copy. Kill the whole family.
             await self.sessions.revoke(auth_session.id, now)
-            raise RefreshTokenReused()
+            raise RefreshTokenReused(user_id=auth_session.user_id)
         user = await self.users.get(auth_session.user_id)
         if user is None or not user.is_active:
             raise InvalidToken()
@@ -191,7 +192,7 @@ class AuthService:
         )
         return OutgoingMail(to=user.email, subject="Reset your AI Chat Studio password", body=body)
 
-    async def confirm_password_reset(self, *, token: str, new_password: str) -> None:
+    async def confirm_password_reset(self, *, token: str, new_password: str) -> uuid.UUID:
         now = utcnow()
         found = await self.resets.find_live(security.hash_opaque_token(token), now)
         user = await self.users.get(found[1]) if found else None
@@ -206,6 +207,7 @@ class AuthService:
         await self.sessions.revoke_all_for_user(user.id, now)
         await self.resets.invalidate_for_user(user.id, now)
         await self.session.flush()
+        return user.id
 
     # administration
 

@@ -1,0 +1,1 @@
+"""Administration: accounts, budgets, the audit trail."""

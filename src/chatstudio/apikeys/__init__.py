@@ -1,0 +1,1 @@
+"""API keys: long-lived credentials for scripts and OpenAI SDKs, stored only as a hash."""

@@ -1,0 +1,143 @@
+"""Structured logs: one JSON object per line (LOG_FORMAT=text for a terminal), request context on every
+line, secrets redacted at the handler, optional rotating file output (LOG_FILE).
+
+`uvicorn_log_config()` is handed to uvicorn, which applies it in every worker process; its own access
+log is replaced by ours (`chatstudio.access`, written by the observability middleware).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import logging
+import logging.config
+import traceback
+from datetime import UTC, datetime
+from typing import Any
+
+from chatstudio.observability.redaction import Redactor, secret_values
+
+ACCESS_LOGGER = "chatstudio.access"
+TRACE = 5  # uvicorn's level below DEBUG
+
+request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
+user_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("user_id", default=None)
+route_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("route", default=None)
+
+# Attributes every LogRecord has; anything else on a record came from `extra=` and is logged as a field.
+_STANDARD = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "color_message", "taskName"}
+
+
+def _context() -> dict[str, Any]:
+    fields: dict[str, Any] = {}
+    for name, var in (("request_id", request_id_var), ("user_id", user_id_var), ("route", route_var)):
+        value = var.get()
+        if value is not None:
+            fields[name] = value
+    return fields
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+            "pid": record.process,
+            **_context(),
+        }
+        for key, value in record.__dict__.items():
+            if key not in _STANDARD and not key.startswith("_"):
+                entry[key] = value
+        if record.exc_info:
+            entry["exc"] = record.exc_text or "".join(traceback.format_exception(*record.exc_info))
+        return json.dumps(entry, ensure_ascii=False, default=str)
+
+
+class TextFormatter(logging.Formatter):
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        context = " ".join(f"{k}={v}" for k, v in _context().items())
+        return f"{line} [{context}]" if context else line
+
+
+class RedactingFilter(logging.Filter):
+    """Runs at the handler, so no formatter, file or collector ever sees a secret."""
+
+    def __init__(self, secrets: list[str] | None = None) -> None:
+        super().__init__()
+        self.redact = Redactor(secrets or ())
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg = self.redact(record.getMessage())
+        record.args = None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = "".join(traceback.format_exception(*record.exc_info))
+        if record.exc_text:
+            record.exc_text = self.redact(record.exc_text)
+        for key, value in list(record.__dict__.items()):
+            if key not in _STANDARD and isinstance(value, str | dict | list):
+                setattr(record, key, self.redact.scrub(value))
+        return True
+
+
+def _level(settings: Any) -> int:
+    name = str(settings.log_level).upper()
+    return TRACE if name == "TRACE" else logging.getLevelName(name)
+
+
+def logging_config(settings: Any) -> dict[str, Any]:
+    """A dictConfig for the whole process: our handlers on the root logger, uvicorn's loggers routed
+    into them, uvicorn's access log off (ours replaces it)."""
+    text = getattr(settings, "log_format", "json") == "text"
+    handlers: dict[str, Any] = {
+        "console": {
+            "class": "logging.StreamHandler",
+            "stream": "ext://sys.stdout",
+            "formatter": "text" if text else "json",
+            "filters": ["redact"],
+        }
+    }
+    log_file = getattr(settings, "log_file", None)
+    if log_file:
+        # Several workers write one file; this handler locks around writes and rotation.
+        handlers["file"] = {
+            "class": "concurrent_log_handler.ConcurrentRotatingFileHandler",
+            "filename": str(log_file),
+            "maxBytes": settings.log_file_max_bytes,
+            "backupCount": settings.log_file_backup_count,
+            "encoding": "utf-8",
+            "formatter": "json",
+            "filters": ["redact"],
+        }
+    level = _level(settings)
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "filters": {"redact": {"()": RedactingFilter, "secrets": secret_values(settings)}},
+        "formatters": {"json": {"()": JsonFormatter}, "text": {"()": TextFormatter}},
+        "handlers": handlers,
+        "root": {"level": level, "handlers": list(handlers)},
+        "loggers": {
+            "uvicorn": {"level": level, "handlers": [], "propagate": True},
+            "uvicorn.error": {"level": level, "handlers": [], "propagate": True},
+            "uvicorn.access": {"level": logging.CRITICAL + 1, "handlers": [], "propagate": False},
+            # Connection chatter of the HTTP clients would log request URLs at DEBUG.
+            "httpx": {"level": max(level, logging.WARNING)},
+            "httpcore": {"level": max(level, logging.WARNING)},
+        },
+    }
+
+
+def uvicorn_log_config(settings: Any) -> dict[str, Any]:
+    logging.addLevelName(TRACE, "TRACE")
+    return logging_config(settings)
+
+
+def configure_logging(settings: Any) -> None:
+    """For processes that are not uvicorn's (the CLI's one-shot commands, tests)."""
+    logging.config.dictConfig(uvicorn_log_config(settings))

@@ -1,0 +1,340 @@
+"""Full-text search SQL: the only module that speaks each database's full-text dialect.
+
+`search()` is the one entry point. It runs in two steps on every backend:
+1. rank: the ids of one page of hits (messages and conversation titles, one list), filtered by owner
+   and by the keyset position inside the query;
+2. snippets: the highlighted text of just those rows, so the costly highlighting never runs for
+   hits that are not shown.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, TypeAlias
+
+from sqlalchemy import (
+    Float,
+    Select,
+    and_,
+    case,
+    column,
+    func,
+    literal_column,
+    or_,
+    select,
+    table,
+    type_coerce,
+    union_all,
+)
+from sqlalchemy.dialects import mysql
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.sql.elements import ColumnElement
+
+from chatstudio.chat.models import Conversation, Message
+from chatstudio.search.schemas import Sort
+from chatstudio.search.text import MARK_END, MARK_START, SNIPPET_CHARS, Range, highlight, unmark
+
+_Query: TypeAlias = Select[*tuple[Any, ...]]
+
+
+RELEVANCE_WINDOW = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class Position:
+    """Where the previous page ended: its last hit's rank (relevance only) and id."""
+
+    rank: float
+    id: uuid.UUID
+
+
+@dataclass(frozen=True, slots=True)
+class SearchRow:
+    conversation_id: uuid.UUID
+    conversation_title: str
+    message_id: uuid.UUID | None  # None: the conversation's title matched
+    role: str | None
+    created_at: datetime
+    snippet: str
+    highlights: list[Range]
+    rank: float
+
+    @property
+    def id(self) -> uuid.UUID:
+        return self.message_id or self.conversation_id
+
+
+@dataclass(frozen=True, slots=True)
+class _Ranked:
+    id: uuid.UUID
+    title_hit: bool
+    rank: float
+
+
+@dataclass(frozen=True, slots=True)
+class _Branch:
+    query: _Query
+    rank: ColumnElement[float]
+    id: ColumnElement[uuid.UUID]
+
+
+async def search(
+    session: AsyncSession,
+    user_id: uuid.UUID,
+    terms: Sequence[str],
+    *,
+    limit: int,
+    sort: Sort,
+    after: Position | None = None,
+) -> list[SearchRow]:
+    """Hits for messages and titles of `user_id` containing every term as a word prefix, one page."""
+    if not terms:
+        return []
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        engine: _Engine = _Postgres(terms)
+    elif dialect == "sqlite":
+        engine = _Sqlite(terms)
+    elif dialect in ("mysql", "mariadb"):
+        engine = _MySQL(terms)
+    else:
+        raise NotImplementedError(f"no full-text search for {dialect}")
+    ranked = await _rank(session, engine, user_id, limit=limit, sort=sort, after=after)
+    message_ids = [hit.id for hit in ranked if not hit.title_hit]
+    title_ids = [hit.id for hit in ranked if hit.title_hit]
+    details: dict[uuid.UUID, SearchRow] = {}
+    if message_ids:
+        rows = await session.execute(engine.message_snippets(user_id, message_ids))
+        for row in rows:
+            text, ranges = engine.marked(row.snippet)
+            details[row.id] = SearchRow(
+                row.conversation_id, row.title, row.id, row.role, row.created_at, text, ranges, 0
+            )
+    if title_ids:
+        rows = await session.execute(engine.title_snippets(user_id, title_ids))
+        for row in rows:
+            text, ranges = engine.marked(row.snippet, whole=True)
+            details[row.id] = SearchRow(row.id, row.title, None, None, row.created_at, text, ranges, 0)
+    # A row deleted between the two steps is simply left out of the page.
+    return [_with_rank(details[hit.id], hit.rank) for hit in ranked if hit.id in details]
+
+
+def _with_rank(row: SearchRow, rank: float) -> SearchRow:
+    return SearchRow(
+        row.conversation_id,
+        row.conversation_title,
+        row.message_id,
+        row.role,
+        row.created_at,
+        row.snippet,
+        row.highlights,
+        rank,
+    )
+
+
+async def _rank(
+    session: AsyncSession,
+    engine: _Engine,
+    user_id: uuid.UUID,
+    *,
+    limit: int,
+    sort: Sort,
+    after: Position | None,
+) -> list[_Ranked]:
+    relevance = sort is Sort.RELEVANCE
+    branches = []
+    for branch, title_hit in ((engine.messages(user_id), 0), (engine.titles(user_id), 1)):
+        query = branch.query
+        if relevance:
+            # Score only the newest RELEVANCE_WINDOW matches: a word found in 300,000 messages would
+            # otherwise be scored 300,000 times per page. Below that many matches this is exact.
+            window = query.with_only_columns(branch.id).order_by(branch.id.desc()).limit(RELEVANCE_WINDOW)
+            query = query.where(branch.id.in_(select(window.subquery().c[0])))
+            rank: ColumnElement[Any] = branch.rank
+            if after is not None:
+                query = query.where(
+                    or_(branch.rank < after.rank, and_(branch.rank == after.rank, branch.id < after.id))
+                )
+            order: tuple[Any, ...] = (branch.rank.desc(), branch.id.desc())
+        else:
+            rank = literal_column("0.0")  # no score: PostgreSQL can stop at the first `limit` matches
+            if after is not None:
+                query = query.where(branch.id < after.id)
+            order = (branch.id.desc(),)
+        query = query.with_only_columns(
+            branch.id.label("id"),
+            literal_column(str(title_hit)).label("title_hit"),
+            type_coerce(rank, Float).label("rank"),
+        )
+        # Each side ordered and cut on its own first (SQLite wants that wrapped in a sub-select).
+        side = query.order_by(*order).limit(limit).subquery()
+        branches.append(select(side))
+    hits = union_all(*branches).subquery("hits")
+    ordering = (hits.c.rank.desc(), hits.c.id.desc()) if relevance else (hits.c.id.desc(),)
+    rows = await session.execute(select(hits).order_by(*ordering).limit(limit))
+    return [_Ranked(row.id, bool(row.title_hit), float(row.rank)) for row in rows]
+
+
+class _Engine:
+    """One database's full-text syntax: how to match, score and highlight."""
+
+    def __init__(self, terms: Sequence[str]) -> None:
+        self.terms = list(terms)
+
+    def messages(self, user_id: uuid.UUID) -> _Branch:
+        raise NotImplementedError
+
+    def titles(self, user_id: uuid.UUID) -> _Branch:
+        raise NotImplementedError
+
+    def message_snippets(self, user_id: uuid.UUID, ids: list[uuid.UUID]) -> _Query:
+        """Columns id, conversation_id, title, role, created_at, snippet (marked or plain)."""
+        raise NotImplementedError
+
+    def title_snippets(self, user_id: uuid.UUID, ids: list[uuid.UUID]) -> _Query:
+        """Columns id, title, created_at, snippet (marked or plain)."""
+        raise NotImplementedError
+
+    def marked(self, snippet: str, *, whole: bool = False) -> tuple[str, list[Range]]:
+        return unmark(snippet)
+
+
+def _message_columns() -> tuple[Any, ...]:
+    return (Message.id, Message.conversation_id, Conversation.title, Message.role, Message.created_at)
+
+
+def _owned_messages(user_id: uuid.UUID, ids: list[uuid.UUID]) -> _Query:
+    return (
+        select(*_message_columns())
+        .join(Conversation, Conversation.id == Message.conversation_id)
+        .where(Message.id.in_(ids), Message.user_id == user_id)
+    )
+
+
+def _owned_titles(user_id: uuid.UUID, ids: list[uuid.UUID]) -> _Query:
+    return select(Conversation.id, Conversation.title, Conversation.created_at).where(
+        Conversation.id.in_(ids), Conversation.user_id == user_id
+    )
+
+
+# The text search configuration of the stored columns (see migration 0002).
+_SIMPLE: ColumnElement[Any] = literal_column("'simple'")
+_PG_MESSAGE_HEADLINE = (
+    f'StartSel={MARK_START}, StopSel={MARK_END}, MaxWords=30, MinWords=12, MaxFragments=2, FragmentDelimiter=" … "'
+)
+_PG_WHOLE_HEADLINE = f"StartSel={MARK_START}, StopSel={MARK_END}, HighlightAll=true"
+
+
+class _Postgres(_Engine):
+    """Stored tsvector columns (content_fts, title_fts) with GIN indexes; ts_rank to score,
+    ts_headline to highlight. The columns are the migration's, not the models'."""
+
+    def _query(self) -> ColumnElement[Any]:
+        # Every term is letters and digits only (text.terms_of), so quoting it is enough.
+        text = " & ".join(f"'{term}':*" for term in self.terms)
+        return func.to_tsquery(_SIMPLE, text)
+
+    def _branch(self, key: Any, owner: Any, vector: str, user_id: uuid.UUID) -> _Branch:
+        stored: ColumnElement[Any] = literal_column(vector)
+        query = self._query()
+        rank: ColumnElement[float] = func.ts_rank(stored, query, 1, type_=Float)
+        return _Branch(select(key).where(owner == user_id, stored.bool_op("@@")(query)), rank, key)
+
+    def messages(self, user_id: uuid.UUID) -> _Branch:
+        return self._branch(Message.id, Message.user_id, "message.content_fts", user_id)
+
+    def titles(self, user_id: uuid.UUID) -> _Branch:
+        return self._branch(Conversation.id, Conversation.user_id, "conversation.title_fts", user_id)
+
+    def message_snippets(self, user_id: uuid.UUID, ids: list[uuid.UUID]) -> _Query:
+        # Fragments drop words at their edges; a short message is shown whole instead.
+        whole = func.ts_headline(_SIMPLE, Message.content, self._query(), _PG_WHOLE_HEADLINE)
+        fragments = func.ts_headline(_SIMPLE, Message.content, self._query(), _PG_MESSAGE_HEADLINE)
+        headline = case((func.length(Message.content) <= SNIPPET_CHARS, whole), else_=fragments)
+        return _owned_messages(user_id, ids).add_columns(headline.label("snippet"))
+
+    def title_snippets(self, user_id: uuid.UUID, ids: list[uuid.UUID]) -> _Query:
+        headline = func.ts_headline(_SIMPLE, Conversation.title, self._query(), _PG_WHOLE_HEADLINE)
+        return _owned_titles(user_id, ids).add_columns(headline.label("snippet"))
+
+
+_MESSAGE_FTS = table("message_fts", column("rowid"))
+_CONVERSATION_FTS = table("conversation_fts", column("rowid"))
+SQLITE_SNIPPET_TOKENS = 32
+
+
+class _Sqlite(_Engine):
+    """External-content FTS5 tables keyed by rowid; bm25() to score, snippet()/highlight() to mark."""
+
+    def _match(self, fts: Any) -> ColumnElement[bool]:
+        # FTS5 string syntax: "word"* is a prefix query; terms are letters and digits only.
+        text = " ".join(f'"{term}"*' for term in self.terms)
+        return literal_column(fts.name).bool_op("MATCH")(text)
+
+    def _branch(self, key: Any, owner: Any, fts: Any, user_id: uuid.UUID) -> _Branch:
+        # bm25 is lower for better matches; negated, every backend ranks "higher is better".
+        rank: ColumnElement[float] = -func.bm25(literal_column(fts.name), type_=Float)
+        base = key.table
+        query = (
+            select(key)
+            .select_from(fts)
+            .join(base, literal_column(f"{base.name}.rowid") == fts.c.rowid)
+            .where(self._match(fts), owner == user_id)
+        )
+        return _Branch(query, rank, key)
+
+    def messages(self, user_id: uuid.UUID) -> _Branch:
+        return self._branch(Message.id, Message.user_id, _MESSAGE_FTS, user_id)
+
+    def titles(self, user_id: uuid.UUID) -> _Branch:
+        return self._branch(Conversation.id, Conversation.user_id, _CONVERSATION_FTS, user_id)
+
+    def message_snippets(self, user_id: uuid.UUID, ids: list[uuid.UUID]) -> _Query:
+        snippet = func.snippet(literal_column("message_fts"), 0, MARK_START, MARK_END, "…", SQLITE_SNIPPET_TOKENS)
+        return (
+            _owned_messages(user_id, ids)
+            .join(_MESSAGE_FTS, _MESSAGE_FTS.c.rowid == literal_column("message.rowid"))
+            .where(self._match(_MESSAGE_FTS))
+            .add_columns(type_coerce(snippet, Message.content.type).label("snippet"))
+        )
+
+    def title_snippets(self, user_id: uuid.UUID, ids: list[uuid.UUID]) -> _Query:
+        marked = func.highlight(literal_column("conversation_fts"), 0, MARK_START, MARK_END)
+        return (
+            _owned_titles(user_id, ids)
+            .join(_CONVERSATION_FTS, _CONVERSATION_FTS.c.rowid == literal_column("conversation.rowid"))
+            .where(self._match(_CONVERSATION_FTS))
+            .add_columns(type_coerce(marked, Conversation.title.type).label("snippet"))
+        )
+
+
+class _MySQL(_Engine):
+    """InnoDB FULLTEXT indexes, MATCH ... AGAINST in boolean mode; highlights computed here."""
+
+    def _match(self, searched: Any) -> Any:
+        # +word* : every term required, as a word prefix. Terms are letters and digits only.
+        text = " ".join(f"+{term}*" for term in self.terms)
+        return mysql.match(searched, against=text).in_boolean_mode()
+
+    def _branch(self, key: Any, owner: Any, searched: Any, user_id: uuid.UUID) -> _Branch:
+        # A bare MATCH in WHERE is what lets InnoDB answer from the FULLTEXT index.
+        score: ColumnElement[float] = type_coerce(self._match(searched), Float)
+        return _Branch(select(key).where(owner == user_id, self._match(searched)), score, key)
+
+    def messages(self, user_id: uuid.UUID) -> _Branch:
+        return self._branch(Message.id, Message.user_id, Message.content, user_id)
+
+    def titles(self, user_id: uuid.UUID) -> _Branch:
+        return self._branch(Conversation.id, Conversation.user_id, Conversation.title, user_id)
+
+    def message_snippets(self, user_id: uuid.UUID, ids: list[uuid.UUID]) -> _Query:
+        return _owned_messages(user_id, ids).add_columns(Message.content.label("snippet"))
+
+    def title_snippets(self, user_id: uuid.UUID, ids: list[uuid.UUID]) -> _Query:
+        return _owned_titles(user_id, ids).add_columns(Conversation.title.label("snippet"))
+
+    def marked(self, snippet: str, *, whole: bool = False) -> tuple[str, list[Range]]:
+        return highlight(snippet, self.terms, whole=whole)

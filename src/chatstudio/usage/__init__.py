@@ -1,0 +1,1 @@
+"""The usage ledger: one row per model call, buffered in memory, rolled up into daily totals."""

@@ -1,0 +1,1 @@
+"""The studio page: a small web client served by the backend itself at `/` (static files, no build step)."""

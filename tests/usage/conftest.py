@@ -1,0 +1,1 @@
+from tests.apikeys.support import fake_upstream, studio  # noqa: F401
