@@ -63,6 +63,12 @@ def uuid7() -> uuid.UUID:
     return uuid.UUID(int=value)
 
 
+def like_contains(text: str) -> str:
+    """A LIKE pattern matching `text` anywhere, with its own % and _ taken literally (ESCAPE '\\')."""
+    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
 class UTCDateTime(TypeDecorator[datetime]):
     """Timezone-aware UTC in, timezone-aware UTC out, on every backend.
 

@@ -83,7 +83,7 @@ class SecurityHeadersMiddleware:
             await self.app(scope, receive, send)
             return
         if scope["method"] in _BLOCKED_METHODS:
-            await _refuse(send, 405, "method_not_allowed", "This method is not allowed.", _request_id(scope))
+            await _refuse(send, 405, "method_not_allowed", "This method is not allowed.", _request_id(scope), [_ALLOW])
             return
         if b"%00" in scope.get("query_string", b"") or "\x00" in scope["path"]:
             # A NUL reaching a query breaks PostgreSQL text handling; no legitimate client sends one.
@@ -117,7 +117,18 @@ def _request_id(scope: Scope) -> str:
     return str(scope.get("state", {}).get("request_id", ""))
 
 
-async def _refuse(send: Send, status: int, code: str, message: str, request_id: str) -> None:
+_ALLOW = (b"allow", b"GET, POST, PATCH, DELETE, OPTIONS, HEAD")
+
+
+async def _refuse(
+    send: Send,
+    status: int,
+    code: str,
+    message: str,
+    request_id: str,
+    headers: list[tuple[bytes, bytes]] | None = None,
+) -> None:
+    """An error answered by the middleware itself, in the same body shape as main's error handler."""
     body = json.dumps({"error": {"code": code, "message": message, "request_id": request_id}}).encode()
     await send(
         {
@@ -126,7 +137,7 @@ async def _refuse(send: Send, status: int, code: str, message: str, request_id: 
             "headers": [
                 (b"content-type", b"application/json"),
                 (b"content-length", str(len(body)).encode()),
-                (b"allow", b"GET, POST, PATCH, DELETE, OPTIONS, HEAD"),
+                *(headers or []),
                 *_BASE_HEADERS,
                 (b"content-security-policy", API_CSP.encode()),
             ],
@@ -185,23 +196,8 @@ class RateLimitMiddleware:
             if scope["type"] == "websocket":
                 await send({"type": "websocket.close", "code": 4429, "reason": "rate limited"})
                 return
-            request_id = str(scope.get("state", {}).get("request_id", ""))
-            body = json.dumps(
-                {"error": {"code": "rate_limited", "message": "Too many requests.", "request_id": request_id}}
-            ).encode()
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": 429,
-                    "headers": [
-                        (b"content-type", b"application/json"),
-                        (b"content-length", str(len(body)).encode()),
-                        (b"retry-after", str(decision.retry_after).encode()),
-                        *headers,
-                    ],
-                }
-            )
-            await send({"type": "http.response.body", "body": body})
+            retry_after = (b"retry-after", str(decision.retry_after).encode())
+            await _refuse(send, 429, "rate_limited", "Too many requests.", _request_id(scope), [retry_after, *headers])
             return
 
         async def send_with_headers(message: Message) -> None:

@@ -5,11 +5,8 @@ import uuid
 from sqlalchemy import func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from chatstudio.db import like_contains
 from chatstudio.users.models import Role, User
-
-
-def _like(text: str) -> str:
-    return "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
 
 
 class AdminUserRepository:
@@ -20,7 +17,7 @@ class AdminUserRepository:
         """Newest accounts first (uuid7 ids sort by creation); `q` matches email or name."""
         statement = select(User)
         if q:
-            pattern = _like(q.lower())
+            pattern = like_contains(q.lower())
             statement = statement.where(
                 or_(User.email.like(pattern, escape="\\"), func.lower(User.name).like(pattern, escape="\\"))
             )

@@ -12,11 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from chatstudio.chat.history import StoredTurn, branch
 from chatstudio.chat.models import Conversation, Message, MessageStatus
-
-
-def _like_pattern(text: str) -> str:
-    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    return f"%{escaped}%"
+from chatstudio.db import like_contains
 
 
 class ConversationRepository:
@@ -50,7 +46,7 @@ class ConversationRepository:
         if pinned is not None:
             query = query.where(Conversation.pinned.is_(pinned))
         if title_contains:
-            query = query.where(Conversation.title.ilike(_like_pattern(title_contains), escape="\\"))
+            query = query.where(Conversation.title.ilike(like_contains(title_contains), escape="\\"))
         if after is not None:
             at, last_id = after
             query = query.where(
