@@ -35,7 +35,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     observed = prepare_server(settings, workers=1 if reload else workers, host=args.host or settings.host)
     uvicorn.run(
-        "chatstudio.main:create_app",
+        "chatstudio.main:create_served_app",
         factory=True,
         host=args.host or settings.host,
         port=args.port or settings.port,
@@ -45,6 +45,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         log_level=settings.log_level,
         proxy_headers=False,
         server_header=False,
+        # The sans-I/O protocol keeps an idle socket to its buffers and one ping timer; the default
+        # implementation runs three tasks per connection (issue 4's per-socket memory budget).
+        ws="websockets-sansio",
         # Longer than the turns' own grace, so they end with a stored reply and a final event.
         timeout_graceful_shutdown=int(settings.shutdown_grace_seconds) + 10,
         **observed,

@@ -23,6 +23,7 @@ _BASE_HEADERS = [
     (b"cross-origin-opener-policy", b"same-origin"),
 ]
 _BLOCKED_METHODS = frozenset({"TRACE", "TRACK", "CONNECT"})
+MAX_REMEMBERED_PEERS = 4096
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -56,15 +57,25 @@ class ProxyHeadersMiddleware:
     def __init__(self, app: ASGIApp, trusted: list[Network]) -> None:
         self.app = app
         self.trusted = trusted
+        # Parsing an address costs more than the rest of this middleware; peers are few.
+        self._peers: dict[str, bool] = {}
+
+    def _trusted_peer(self, host: str) -> bool:
+        known = self._peers.get(host)
+        if known is None:
+            if len(self._peers) >= MAX_REMEMBERED_PEERS:
+                self._peers.clear()
+            known = self._peers[host] = _is_trusted(host, self.trusted)
+        return known
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] in ("http", "websocket") and self.trusted:
             client = scope.get("client")
-            if client and _is_trusted(client[0], self.trusted):
+            if client and self._trusted_peer(client[0]):
                 headers = dict(scope["headers"])
                 forwarded_for = headers.get(b"x-forwarded-for", b"").decode("latin-1")
                 hops = [hop.strip() for hop in forwarded_for.split(",") if hop.strip()]
-                while hops and _is_trusted(hops[-1], self.trusted):
+                while hops and self._trusted_peer(hops[-1]):
                     hops.pop()
                 if hops:
                     scope["client"] = (hops[-1], 0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import re
 import signal
@@ -45,7 +46,8 @@ from chatstudio.idempotency import IdempotencyGate
 from chatstudio.llm.base import LLMError
 from chatstudio.llm.registry import build_registry
 from chatstudio.mail import Mailer
-from chatstudio.observability.setup import install_observability
+from chatstudio.observability.setup import install_observability, observability_middleware
+from chatstudio.openai_api.relay import CompletionsFastPath
 from chatstudio.openai_api.router import router as openai_router
 from chatstudio.search.router import router as search_router
 from chatstudio.throttle import Throttle
@@ -181,6 +183,34 @@ async def _bootstrap_admin(app: FastAPI, settings: Settings) -> None:
             logger.warning("ADMIN_EMAIL not applied: %s", exc.message)
 
 
+class StudioApp(FastAPI):
+    """FastAPI with our edge middleware outside the framework's own stack, so the completions fast
+    path (which skips routing, see openai_api.relay) gets the request id, metrics, access log,
+    security headers and rate limit exactly as every routed request does."""
+
+    edge: Callable[[ASGIApp], ASGIApp] | None = None
+
+    def build_middleware_stack(self) -> ASGIApp:
+        inner = super().build_middleware_stack()
+        return self.edge(inner) if self.edge is not None else inner
+
+
+def _edge(settings: Settings) -> Callable[[ASGIApp], ASGIApp]:
+    """Outermost first: request id, metrics and access log, proxy headers, security headers, the
+    general rate limit, then the completions fast path in front of the framework."""
+    trusted = parse_networks(settings.forwarded_allow_ips)
+
+    def wrap(inner: ASGIApp) -> ASGIApp:
+        app: ASGIApp = CompletionsFastPath(inner)
+        app = RateLimitMiddleware(app, key=settings.signing_key, algorithm=settings.algorithm)
+        app = SecurityHeadersMiddleware(app)
+        app = ProxyHeadersMiddleware(app, trusted=trusted)
+        app = observability_middleware(app, settings)
+        return RequestIdMiddleware(app)
+
+    return wrap
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or load_settings()
 
@@ -216,6 +246,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         restore_signal = _drain_on_sigterm(turns, settings.shutdown_grace_seconds)
         try:
             await _bootstrap_admin(app, settings)
+            if getattr(app.state, "freeze_startup_objects", False):
+                # Everything built so far lives as long as the process: out of the collector's sight,
+                # a full collection walks only what requests allocate (it halved the /v1 p99 in the bench).
+                gc.collect()
+                gc.freeze()
             yield
         finally:
             restore_signal()
@@ -229,7 +264,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await engine.dispose()
 
     docs = settings.docs_enabled
-    app = FastAPI(
+    app = StudioApp(
         title="AI Chat Studio",
         version=__version__,
         lifespan=lifespan,
@@ -237,12 +272,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redoc_url="/redoc" if docs else None,
         openapi_url="/openapi.json" if docs else None,
         swagger_ui_parameters={"persistAuthorization": True},
+        # Our own Prometheus metrics and logs; the framework's OpenTelemetry hooks would cost a
+        # provider look-up per request for nothing.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
+    app.edge = _edge(settings)
     app.state.settings = settings
     app.state.mailer = Mailer(settings)
     app.state.redis = None
     install_error_handlers(app)
-    # Last added runs first: request id, then proxy headers, then security headers, then CORS.
+    # Inside the edge (see _edge): compression, then CORS, then the routes.
     if settings.allowed_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -253,13 +292,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             expose_headers=["X-Request-ID", "Retry-After", "RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset"],
             max_age=600,
         )
-    app.add_middleware(RateLimitMiddleware, key=settings.signing_key, algorithm=settings.algorithm)
-    app.add_middleware(SecurityHeadersMiddleware)
-    app.add_middleware(ProxyHeadersMiddleware, trusted=parse_networks(settings.forwarded_allow_ips))
-    # Metrics, access log, Sentry, gzip and the response cache; it also wraps the lifespan to attach
-    # to the engine and the provider registry once they exist.
+    # Sentry, gzip and /metrics; it also wraps the lifespan to attach to the engine and the provider
+    # registry once they exist.
     install_observability(app, settings)
-    app.add_middleware(RequestIdMiddleware)
 
     app.include_router(health_router)
     api_prefix = "/api/v1"
@@ -275,6 +310,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(openai_router)
     app.include_router(ws_router)
     app.include_router(web_router)
+    return app
+
+
+def create_served_app() -> FastAPI:
+    """The factory `chatstudio serve` hands uvicorn: one app per worker process, which may freeze
+    its start-up objects (never done in-process, where apps come and go, as in the tests)."""
+    app = create_app()
+    app.state.freeze_startup_objects = True
     return app
 
 

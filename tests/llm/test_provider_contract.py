@@ -186,3 +186,17 @@ async def test_list_models(adapter: str, upstream: str) -> None:
         models = await provider.list_models()
     assert {m.id for m in models} == {"fake-model", "fake-model-large"}
     assert {m.provider for m in models} == {provider.name}
+
+
+async def test_a_burst_is_one_delta_and_spaced_tokens_are_several(adapter: str, upstream: str) -> None:
+    """Tokens that arrive in one network read go on as one delta (no per-token cost downstream);
+    tokens that arrive apart go on as they come, so streaming is as live as the upstream."""
+    async with opened(adapter, upstream) as provider:
+        burst, _ = await drain(provider.stream(chat("tokens=20")))
+        spaced, _ = await drain(provider.stream(chat("tokens=5,delay_ms=30")))
+    burst_deltas = [e for e in burst if isinstance(e, TextDelta)]
+    spaced_deltas = [e for e in spaced if isinstance(e, TextDelta)]
+    assert "".join(e.text for e in burst_deltas) == expected_text(20)
+    assert len(burst_deltas) < 20
+    assert "".join(e.text for e in spaced_deltas) == expected_text(5)
+    assert len(spaced_deltas) >= 2  # 30 ms apart: separate reads (a slow machine may join a few)

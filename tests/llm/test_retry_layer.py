@@ -145,7 +145,8 @@ async def test_closing_early_closes_the_provider_stream(provider: OpenAIProvider
     policy = RetryPolicy(sleep=Recorder())
     events = policy.stream(lambda: provider.stream(chat("tokens=50")))
     first = await anext(events)
-    assert first == TextDelta("tok0")
+    assert isinstance(first, TextDelta)
+    assert first.text.startswith("tok0")
     await events.aclose()
     # The pooled connection was released, so the next request works on the same session.
     events2, error = await drain(policy.stream(lambda: provider.stream(chat("tokens=2"))))

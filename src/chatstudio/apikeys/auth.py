@@ -70,14 +70,19 @@ class ApiKeyAuthenticator:
         self._revoked: dict[str, float] = {}
         self._loading: dict[str, asyncio.Task[AuthenticatedKey | None]] = {}
 
-    def cached_user_id(self, raw: str) -> uuid.UUID | None:
-        """The owner of a key this instance recently accepted, without any I/O (for rate limiting)."""
+    def cached(self, raw: str) -> AuthenticatedKey | None:
+        """A key this instance recently accepted, without any I/O; None when it would take a query."""
         if not is_api_key(raw):
             return None
         entry = self._entries.get(hash_key(raw))
         if entry is None or entry.value is None or entry.until <= self._clock():
             return None
-        return entry.value.key.user_id
+        return entry.value
+
+    def cached_user_id(self, raw: str) -> uuid.UUID | None:
+        """The owner of a key this instance recently accepted, without any I/O (for rate limiting)."""
+        found = self.cached(raw)
+        return found.key.user_id if found is not None else None
 
     async def authenticate(self, raw: str) -> AuthenticatedKey:
         key_hash = hash_key(raw)

@@ -79,6 +79,11 @@ class MessageRepository:
         await self.session.flush()
         return message
 
+    async def add_all(self, messages: list[Message]) -> None:
+        """In order, in one flush (a reply may point at the question added just before it)."""
+        self.session.add_all(messages)
+        await self.session.flush()
+
     async def list_owned(
         self,
         conversation_id: uuid.UUID,

@@ -20,7 +20,7 @@ from chatstudio.chat.schemas import (
 from chatstudio.chat.service import ConversationService
 from chatstudio.chat.transport import sse_stream
 from chatstudio.chat.turns import MessageNotFound, TurnDone, TurnFailed, TurnHandle, TurnStarted
-from chatstudio.deps import AuditDep, CurrentUser, SessionDep, SettingsDep, TurnsDep, request_id_of
+from chatstudio.deps import AuditDep, CallerDep, CurrentUser, SessionDep, SettingsDep, TurnsDep, request_id_of
 from chatstudio.errors import error_payload
 from chatstudio.files.storage import FileStore
 from chatstudio.idempotency import IdempotencyKeyHeader, idempotent_turn
@@ -114,7 +114,7 @@ async def _respond(request: Request, handle: TurnHandle, stream: bool) -> Any:
     JSON: wait for the end (the same events, gathered) and answer with the stored messages."""
     if stream:
         return StreamingResponse(
-            sse_stream(handle.events()),
+            sse_stream(handle.batches()),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
@@ -142,11 +142,13 @@ async def send_message(
     conversation_id: uuid.UUID,
     body: SendMessageRequest,
     request: Request,
-    user: CurrentUser,
+    caller: CallerDep,
     turns: TurnsDep,
     settings: SettingsDep,
     idempotency_key: IdempotencyKeyHeader = None,
 ) -> Any:
+    user = caller.user
+
     async def start() -> TurnHandle:
         return await turns.start(
             user_id=user.id,
@@ -157,6 +159,8 @@ async def send_message(
             parent_id=body.parent_id,
             file_ids=body.file_ids,
             files=FileStore.for_settings(settings),
+            # Read from the database by this request's sign-in check; an API key's owner is cached.
+            verified_user=user if caller.api_key is None else None,
         )
 
     stream = _wants_stream(request, body.stream)

@@ -43,9 +43,10 @@ def sse_frame(name: str, data: dict[str, Any]) -> bytes:
     return f"event: {name}\ndata: {json.dumps(data, ensure_ascii=False, separators=(',', ':'))}\n\n".encode()
 
 
-async def sse_stream(events: AsyncIterator[ChatEvent]) -> AsyncIterator[bytes]:
-    async for event in events:
-        yield sse_frame(*event_payload(event))
+async def sse_stream(batches: AsyncIterator[list[ChatEvent]]) -> AsyncIterator[bytes]:
+    """One write per batch of waiting events: each write crosses the middleware and the socket."""
+    async for batch in batches:
+        yield b"".join(sse_frame(*event_payload(event)) for event in batch)
 
 
 def is_failure(event: ChatEvent) -> bool:

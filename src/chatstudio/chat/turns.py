@@ -24,7 +24,7 @@ from chatstudio.chat.models import Message, MessageRole, MessageStatus
 from chatstudio.chat.repository import ConversationRepository, MessageRepository
 from chatstudio.chat.schemas import ChatParams
 from chatstudio.chat.service import DEFAULT_TITLE, ConversationNotFound
-from chatstudio.db import session_scope, utcnow
+from chatstudio.db import autocommit_scope, session_scope, utcnow, uuid7
 from chatstudio.errors import NotFound, ServiceUnavailable, Unauthorized
 from chatstudio.files.attachments import Attachments
 from chatstudio.files.errors import AttachmentsTooLong
@@ -116,12 +116,26 @@ class TurnHandle:
 
     async def events(self) -> AsyncIterator[ChatEvent]:
         """The turn's events in order, ending with TurnDone or TurnFailed."""
+        async for batch in self.batches():
+            for event in batch:
+                yield event
+
+    async def batches(self) -> AsyncIterator[list[ChatEvent]]:
+        """The same events, each time all that are waiting: a transport writes them at once."""
         try:
             while True:
                 item = await self.queue.get()
+                batch: list[ChatEvent] = []
+                while item is not _END:
+                    batch.append(item)
+                    try:
+                        item = self.queue.get_nowait()
+                    except asyncio.QueueEmpty:
+                        break
+                if batch:
+                    yield batch
                 if item is _END:
                     return
-                yield item
         finally:
             # Whatever ends the reading (client gone, transport error), the turn goes on without it.
             self.detached = True
@@ -159,6 +173,7 @@ class TurnManager:
         edit_of: uuid.UUID | None = None,
         file_ids: Sequence[uuid.UUID] = (),
         files: FileStore | None = None,
+        verified_user: User | None = None,
     ) -> TurnHandle:
         """Checks and stores, in one short transaction, then starts generating in the background.
 
@@ -166,7 +181,8 @@ class TurnManager:
         `regenerate_from` instead answers an existing message again (a sibling reply);
         `edit_of` places the new user message beside that one (same parent), branching the tree.
         `file_ids` are the user's uploads that go with the new message, read from `files`; given
-        `files`, earlier messages' uploads are sent again too.
+        `files`, earlier messages' uploads are sent again too. `verified_user` is the account as this
+        request already read it from the database (active, signed in); without it, it is read again.
         """
         if self.draining:
             raise ShuttingDown()
@@ -183,6 +199,7 @@ class TurnManager:
                 edit_of,
                 Attachments(session, files),
                 file_ids,
+                verified_user,
             )
         handle = TurnHandle(prepared)
         handle.emit(TurnStarted(prepared.user_message, prepared.assistant_message))
@@ -203,11 +220,13 @@ class TurnManager:
         edit_of: uuid.UUID | None,
         attachments: Attachments,
         file_ids: Sequence[uuid.UUID],
+        verified_user: User | None,
     ) -> PreparedTurn:
         conversations = ConversationRepository(session)
         messages = MessageRepository(session)
         # A socket authenticated before its account was disabled must not start another turn.
-        owner = await session.get(User, user_id)
+        owner = verified_user if verified_user is not None and verified_user.id == user_id else None
+        owner = owner or await session.get(User, user_id)
         if owner is None or not owner.is_active:
             raise Unauthorized("The account is disabled.")
         conversation = await conversations.get_owned(conversation_id, user_id)
@@ -272,32 +291,35 @@ class TurnManager:
                 monthly=owner.monthly_token_budget,
                 estimated_tokens=sum(message_tokens(m) for m in prompt),
             )
+        # Ids are made here, so both rows go to the database in one statement.
+        new_rows: list[Message] = []
         if regenerate_from is None:
-            user_message = await messages.add(
-                Message(
-                    conversation_id=conversation_id,
-                    user_id=user_id,
-                    parent_id=leaf,
-                    role=MessageRole.USER,
-                    content=new_text,
-                    status=MessageStatus.COMPLETED,
-                )
-            )
-            answer_parent = user_message.id
-            await attachments.link(user_message.id, attached)
-            if conversation.title == DEFAULT_TITLE and not path:
-                conversation.title = title_from(new_text)
-        assistant = await messages.add(
-            Message(
+            user_message = Message(
+                id=uuid7(),
                 conversation_id=conversation_id,
                 user_id=user_id,
-                parent_id=answer_parent,
-                role=MessageRole.ASSISTANT,
-                content="",
-                status=MessageStatus.STREAMING,
-                model=model_id,
+                parent_id=leaf,
+                role=MessageRole.USER,
+                content=new_text,
+                status=MessageStatus.COMPLETED,
             )
+            new_rows.append(user_message)
+            answer_parent = user_message.id
+            if conversation.title == DEFAULT_TITLE and not path:
+                conversation.title = title_from(new_text)
+        assistant = Message(
+            id=uuid7(),
+            conversation_id=conversation_id,
+            user_id=user_id,
+            parent_id=answer_parent,
+            role=MessageRole.ASSISTANT,
+            content="",
+            status=MessageStatus.STREAMING,
+            model=model_id,
         )
+        await messages.add_all([*new_rows, assistant])
+        if user_message is not None:
+            await attachments.link(user_message.id, attached)
         conversation.last_activity_at = utcnow()
         request = ChatRequest(
             model=model_id,
@@ -424,7 +446,7 @@ class TurnManager:
         }
         assistant = prepared.assistant_message
         try:
-            async with session_scope(self.sessionmaker) as session:
+            async with autocommit_scope(self.sessionmaker) as session:  # one statement, one round trip
                 await MessageRepository(session).finish_streaming(assistant.id, values)
         except Exception:
             # The reply stays in the log so an operator can recover it; the row keeps `streaming`.

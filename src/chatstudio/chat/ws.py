@@ -159,7 +159,9 @@ class ChatSocket:
     async def _receive(self) -> str | None:
         timeout = None if self.active else IDLE_TIMEOUT_SECONDS
         try:
-            message = await asyncio.wait_for(self.websocket.receive(), timeout)
+            # A timer, not wait_for's extra task: every idle socket waits here.
+            async with asyncio.timeout(timeout):
+                message = await self.websocket.receive()
         except TimeoutError:
             await self.websocket.close(CLOSE_IDLE, "idle")
             raise WebSocketDisconnect(CLOSE_IDLE) from None

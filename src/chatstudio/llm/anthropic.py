@@ -110,33 +110,46 @@ class AnthropicProvider:
         stop_reason: str | None = None
         async with http.boundary(), http.post_stream("/v1/messages", self.payload(request)) as response:
             complete = False
-            async for event in SSEReader(response.content):
-                data = json.loads(event.data)
-                kind = data.get("type") or event.event
-                if kind == "content_block_delta":
-                    delta = data["delta"]
-                    if delta.get("type") == "text_delta" and delta.get("text"):
-                        yield TextDelta(delta["text"])
-                elif kind == "message_start":
-                    counts = data["message"].get("usage") or {}
-                    # Cached prompt tokens are reported apart from input_tokens; all of them were read.
-                    input_tokens = sum(
-                        int(counts.get(field) or 0)
-                        for field in ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
-                    )
-                    output_tokens = int(counts.get("output_tokens") or 0)
-                elif kind == "message_delta":
-                    stop_reason = (data.get("delta") or {}).get("stop_reason") or stop_reason
-                    counts = data.get("usage") or {}
-                    output_tokens = int(counts.get("output_tokens") or output_tokens)
-                elif kind == "message_stop":
-                    complete = True
-                    break
-                elif kind == "error":
-                    error = data.get("error") or {}
-                    raise error_from_kind(
-                        self.name, str(error.get("type", "")), str(error.get("message", "")), http.secrets
-                    )
+            reader = SSEReader(response.content)
+            while not complete and (batch := await reader.next_batch()) is not None:
+                texts: list[str] = []  # a burst's text goes on as one delta
+                failure: Exception | None = None
+                for event in batch:
+                    try:
+                        data = json.loads(event.data)
+                    except ValueError as exc:  # the text before it still goes on
+                        failure = exc
+                        break
+                    kind = data.get("type") or event.event
+                    if kind == "content_block_delta":
+                        delta = data["delta"]
+                        if delta.get("type") == "text_delta" and delta.get("text"):
+                            texts.append(delta["text"])
+                    elif kind == "message_start":
+                        counts = data["message"].get("usage") or {}
+                        # Cached prompt tokens are reported apart from input_tokens; all of them were read.
+                        input_tokens = sum(
+                            int(counts.get(field) or 0)
+                            for field in ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
+                        )
+                        output_tokens = int(counts.get("output_tokens") or 0)
+                    elif kind == "message_delta":
+                        stop_reason = (data.get("delta") or {}).get("stop_reason") or stop_reason
+                        counts = data.get("usage") or {}
+                        output_tokens = int(counts.get("output_tokens") or output_tokens)
+                    elif kind == "message_stop":
+                        complete = True
+                        break
+                    elif kind == "error":
+                        error = data.get("error") or {}
+                        failure = error_from_kind(
+                            self.name, str(error.get("type", "")), str(error.get("message", "")), http.secrets
+                        )
+                        break
+                if texts:
+                    yield TextDelta("".join(texts))
+                if failure is not None:
+                    raise failure
             if not complete:
                 raise premature_end(self.name)
         yield Usage(input_tokens, output_tokens)

@@ -50,6 +50,10 @@ class ChatRequest:
     seed: int | None = None
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
+    # Set only by a transport that itself speaks OpenAI's wire format: an adapter speaking it too may
+    # then yield its reply as WireChunk events ("sse": the streamed events, "json": the one response
+    # body) instead of TextDelta. Adapters of other formats ignore it.
+    relay: Literal["sse", "json"] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +75,20 @@ class Finish:
     reason: FinishReason
 
 
-StreamEvent = TextDelta | Usage | Finish
+@dataclass(frozen=True, slots=True)
+class WireChunk:
+    """Bytes of the provider's own OpenAI-format reply, cut at event boundaries, to be forwarded as they
+    are: a relay costs no parse and no re-serialisation per token. `usage` is the byte range of the
+    event carrying the `stream_options.include_usage` totals, which a client that did not ask for them
+    must not receive; `last` says the upstream's end marker is in it. Usage and Finish events still
+    follow, as for any stream."""
+
+    data: bytes
+    usage: tuple[int, int] | None = None
+    last: bool = False
+
+
+StreamEvent = TextDelta | Usage | Finish | WireChunk
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,6 +197,6 @@ async def collect(events: AsyncIterator[StreamEvent]) -> tuple[str, Usage | None
             parts.append(event.text)
         elif isinstance(event, Usage):
             usage = event
-        else:
+        elif isinstance(event, Finish):
             finish = event
     return "".join(parts), usage, finish

@@ -80,18 +80,33 @@ class CohereProvider:
         http = self._http
         end: dict[str, Any] | None = None
         async with http.boundary(), http.post_stream("/v2/chat", self.payload(request)) as response:
-            async for event in SSEReader(response.content):
-                if event.data == "[DONE]":
-                    break
-                data = json.loads(event.data)
-                kind = data.get("type") or event.event
-                if kind == "content-delta":
-                    text = data["delta"]["message"]["content"].get("text")
-                    if text:
-                        yield TextDelta(text)
-                elif kind == "message-end":
-                    end = data.get("delta") or {}
-                    break
+            reader = SSEReader(response.content)
+            finished = False
+            while not finished and (batch := await reader.next_batch()) is not None:
+                texts: list[str] = []  # a burst's text goes on as one delta
+                failure: Exception | None = None
+                for event in batch:
+                    if event.data == "[DONE]":
+                        finished = True
+                        break
+                    try:
+                        data = json.loads(event.data)
+                    except ValueError as exc:  # the text before it still goes on
+                        failure = exc
+                        break
+                    kind = data.get("type") or event.event
+                    if kind == "content-delta":
+                        text = data["delta"]["message"]["content"].get("text")
+                        if text:
+                            texts.append(text)
+                    elif kind == "message-end":
+                        end = data.get("delta") or {}
+                        finished = True
+                        break
+                if texts:
+                    yield TextDelta("".join(texts))
+                if failure is not None:
+                    raise failure
             if end is None:
                 raise premature_end(self.name)
             reason = str(end.get("finish_reason") or "COMPLETE")

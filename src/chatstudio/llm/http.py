@@ -50,6 +50,10 @@ _BUSY_KINDS = frozenset({"rate_limit_error", "rate_limit_exceeded", "requests", 
 _BAD_REQUEST_KINDS = frozenset({"invalid_request_error", "not_found_error", "request_too_large", "invalid_request"})
 
 
+_STREAM_HEADERS = {"Content-Type": "application/json", "Accept": "text/event-stream"}
+_JSON_HEADERS = {"Content-Type": "application/json", "Accept": "application/json"}
+
+
 @dataclass(frozen=True, slots=True)
 class SSEEvent:
     event: str
@@ -89,6 +93,23 @@ class SSEReader:
                 continue
             self._feed(chunk)
         return self._pending.popleft()
+
+    async def next_batch(self) -> list[SSEEvent] | None:
+        """Every event that one network read completed (None at the end). A provider that sends a
+        burst of tokens in one write is then handled once per burst, not once per token."""
+        while not self._pending:
+            if self._eof:
+                return None
+            try:
+                chunk = await self._chunks.__anext__()
+            except StopAsyncIteration:
+                self._eof = True
+                self._dispatch()
+                continue
+            self._feed(chunk)
+        events = list(self._pending)
+        self._pending.clear()
+        return events
 
     def _feed(self, chunk: bytes) -> None:
         buffer = self._buffer + chunk
@@ -146,10 +167,12 @@ class HTTPClient:
         return self._session
 
     @asynccontextmanager
-    async def post_stream(self, path: str, payload: Mapping[str, Any]) -> AsyncIterator[aiohttp.ClientResponse]:
+    async def post_stream(
+        self, path: str, payload: Mapping[str, Any], *, stream: bool = True
+    ) -> AsyncIterator[aiohttp.ClientResponse]:
         """POST and hand over a 2xx response; anything else is raised as the matching LLMError."""
         body = json.dumps(payload).encode()
-        headers = {"Content-Type": "application/json", "Accept": "text/event-stream"}
+        headers = _STREAM_HEADERS if stream else _JSON_HEADERS
         async with self.session().post(self.base_url + path, data=body, headers=headers) as response:
             if response.status >= 300:
                 raise await self.error_from_response(response)

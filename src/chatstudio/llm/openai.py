@@ -17,32 +17,15 @@ from chatstudio.llm.base import (
     ChatMessage,
     ChatRequest,
     Finish,
-    FinishReason,
-    LLMError,
     ModelInfo,
     StreamEvent,
     TextDelta,
     Usage,
 )
-from chatstudio.llm.http import HTTPClient, SSEReader, error_from_kind, premature_end
+from chatstudio.llm.http import HTTPClient, SSEReader, premature_end
+from chatstudio.llm.openai_relay import FINISH_REASONS, OpenAIStreamRelay, relay_json, stream_error
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
-
-_FINISH: dict[str, FinishReason] = {
-    "stop": "stop",
-    "length": "length",
-    "content_filter": "content_filter",
-    "tool_calls": "tool_calls",
-    "function_call": "tool_calls",
-}
-
-
-def _stream_error(provider: str, error: Any, secrets: tuple[str, ...]) -> LLMError:
-    if isinstance(error, dict):
-        kind = error.get("code") or error.get("type") or ""
-        return error_from_kind(provider, str(kind), str(error.get("message") or ""), secrets)
-    return error_from_kind(provider, "", str(error), secrets)
-
 
 _CHAT_PREFIXES = ("gpt-", "chatgpt-", "o1", "o3", "o4")
 _NOT_CHAT = ("embedding", "tts", "whisper", "dall-e", "audio", "realtime", "transcribe", "image", "moderation")
@@ -66,6 +49,9 @@ def is_openai_chat_model(model: str) -> bool:
 
 class OpenAIProvider:
     """One OpenAI-style server. `name` is what users write before the slash (`openai`, `ollama`, ...)."""
+
+    # Speaks OpenAI's wire format, so it honours ChatRequest.relay (see openai_relay).
+    relays = True
 
     def __init__(
         self,
@@ -104,9 +90,12 @@ class OpenAIProvider:
         body: dict[str, Any] = {
             "model": request.model,
             "messages": [{"role": m.role, "content": _content(m)} for m in request.messages],
-            "stream": True,
-            "stream_options": {"include_usage": True},
         }
+        if request.relay == "json":
+            body["stream"] = False
+        else:
+            body["stream"] = True
+            body["stream_options"] = {"include_usage": True}
         optional: dict[str, Any] = {
             "temperature": request.temperature,
             "top_p": request.top_p,
@@ -119,40 +108,78 @@ class OpenAIProvider:
         body.update((key, value) for key, value in optional.items() if value is not None)
         return body
 
-    async def stream(self, request: ChatRequest) -> AsyncGenerator[StreamEvent, None]:
+    def stream(self, request: ChatRequest) -> AsyncGenerator[StreamEvent, None]:
+        if request.relay == "sse":
+            return self._relay_stream(request)
+        if request.relay == "json":
+            return self._relay_json(request)
+        return self._events(request)
+
+    async def _relay_stream(self, request: ChatRequest) -> AsyncGenerator[StreamEvent, None]:
+        """The upstream's own events, in slices as they arrive (see openai_relay)."""
+        http = self._http
+        relay = OpenAIStreamRelay(self.name, http.secrets)
+        async with http.boundary(), http.post_stream("/chat/completions", self.payload(request)) as response:
+            async for data in response.content.iter_any():
+                for event in relay.feed(data):
+                    yield event
+            for event in relay.end():
+                yield event
+
+    async def _relay_json(self, request: ChatRequest) -> AsyncGenerator[StreamEvent, None]:
+        http = self._http
+        async with http.boundary(), http.post_stream("/chat/completions", self.payload(request), stream=False) as reply:
+            events = relay_json(self.name, await reply.read(), http.secrets)
+        for event in events:
+            yield event
+
+    async def _events(self, request: ChatRequest) -> AsyncGenerator[StreamEvent, None]:
         http = self._http
         finish: str | None = None
         usage: Usage | None = None
         async with http.boundary(), http.post_stream("/chat/completions", self.payload(request)) as response:
             done = False
-            async for event in SSEReader(response.content):
-                data = event.data
-                if data == "[DONE]":
-                    done = True
-                    break
-                chunk = json.loads(data)
-                error = chunk.get("error")
-                if error:
-                    raise _stream_error(self.name, error, http.secrets)
-                for choice in chunk.get("choices") or ():
-                    if choice.get("index", 0) != 0:
-                        continue
-                    delta = choice.get("delta")
-                    if delta:
-                        text = delta.get("content")
-                        if text:
-                            yield TextDelta(text)
-                    if choice.get("finish_reason"):
-                        finish = choice["finish_reason"]
-                counts = chunk.get("usage")
-                if counts:
-                    usage = Usage(int(counts.get("prompt_tokens") or 0), int(counts.get("completion_tokens") or 0))
+            reader = SSEReader(response.content)
+            while not done and (batch := await reader.next_batch()) is not None:
+                texts: list[str] = []  # a burst's text goes on as one delta
+                failure: Exception | None = None
+                for event in batch:
+                    data = event.data
+                    if data == "[DONE]":
+                        done = True
+                        break
+                    try:
+                        chunk = json.loads(data)
+                    except ValueError as exc:  # the text before it still goes on
+                        failure = exc
+                        break
+                    error = chunk.get("error")
+                    if error:
+                        failure = stream_error(self.name, error, http.secrets)
+                        break
+                    for choice in chunk.get("choices") or ():
+                        if choice.get("index", 0) != 0:
+                            continue
+                        delta = choice.get("delta")
+                        if delta:
+                            text = delta.get("content")
+                            if text:
+                                texts.append(text)
+                        if choice.get("finish_reason"):
+                            finish = choice["finish_reason"]
+                    counts = chunk.get("usage")
+                    if counts:
+                        usage = Usage(int(counts.get("prompt_tokens") or 0), int(counts.get("completion_tokens") or 0))
+                if texts:
+                    yield TextDelta("".join(texts))
+                if failure is not None:
+                    raise failure
             # A few compatible servers close without [DONE]; once the finish reason came, the reply is whole.
             if not done and finish is None:
                 raise premature_end(self.name)
         if usage is not None:
             yield usage
-        yield Finish(_FINISH.get(finish, "other") if finish else "stop")
+        yield Finish(FINISH_REASONS.get(finish, "other") if finish else "stop")
 
     async def list_models(self) -> list[ModelInfo]:
         listing = await self._http.get_json("/models")

@@ -140,6 +140,20 @@ class ProviderRegistry:
             raise UnknownModel(message=f"Unknown model {model_id!r}.", provider=name)
         return provider, model
 
+    def relays(self, model_id: str) -> bool:
+        """Whether every provider that may answer `model_id` (fallbacks included) honours
+        ChatRequest.relay, so that every event of its stream is a WireChunk, Usage or Finish."""
+        primary = self.canonical(model_id)
+        chain = self._fallbacks.get(primary) or self._fallbacks.get(model_id.strip()) or ()
+        for candidate in (primary, *chain):
+            try:
+                provider, _ = self.resolve(candidate)
+            except LLMError:
+                return False
+            if not getattr(provider, "relays", False):
+                return False
+        return True
+
     def context_window(self, model_id: str) -> int:
         name, _, model = self.canonical(model_id).partition("/")
         if name == "local" and self._local_context:

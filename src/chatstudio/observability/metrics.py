@@ -35,7 +35,7 @@ from prometheus_client.core import Metric
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
-from chatstudio.llm.base import LLMError, StreamEvent, TextDelta, Usage
+from chatstudio.llm.base import LLMError, StreamEvent, TextDelta, Usage, WireChunk
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 CONTENT_TYPE = CONTENT_TYPE_LATEST
@@ -97,6 +97,22 @@ def label(value: str) -> str:
     return _SAFE_LABEL.sub("_", value)[:MAX_LABEL_LENGTH] or "unknown"
 
 
+_CHILDREN: dict[tuple[object, tuple[str, ...]], Any] = {}
+MAX_CHILDREN = 10_000
+
+
+def child(metric: Any, *values: str) -> Any:
+    """`metric.labels(*values)`, remembered: the library validates and locks on every call, which
+    on the hot path costs more than the increment itself."""
+    key = (metric, values)
+    found = _CHILDREN.get(key)
+    if found is None:
+        if len(_CHILDREN) >= MAX_CHILDREN:
+            _CHILDREN.clear()
+        found = _CHILDREN[key] = metric.labels(*values)
+    return found
+
+
 async def observe_provider_stream(
     provider: str, model: str, events: AsyncGenerator[StreamEvent, None]
 ) -> AsyncGenerator[StreamEvent, None]:
@@ -110,28 +126,28 @@ async def observe_provider_stream(
     outcome = "ok"
     try:
         async for event in events:
-            if first and isinstance(event, TextDelta):
+            if first and isinstance(event, TextDelta | WireChunk):
                 first = False
-                PROVIDER_TTFT.labels(provider, model).observe(time.perf_counter() - started)
+                child(PROVIDER_TTFT, provider, model).observe(time.perf_counter() - started)
             elif isinstance(event, Usage):
-                PROVIDER_TOKENS.labels(provider, model, "input").inc(max(0, event.input_tokens))
-                PROVIDER_TOKENS.labels(provider, model, "output").inc(max(0, event.output_tokens))
+                child(PROVIDER_TOKENS, provider, model, "input").inc(max(0, event.input_tokens))
+                child(PROVIDER_TOKENS, provider, model, "output").inc(max(0, event.output_tokens))
             yield event
     except LLMError as error:
         outcome = "error"
-        PROVIDER_ERRORS.labels(provider, model, label(error.code)).inc()
+        child(PROVIDER_ERRORS, provider, model, label(error.code)).inc()
         raise
     except GeneratorExit:
         outcome = "cancelled"  # the consumer stopped reading: a client left or a fallback took over
         raise
     except BaseException:
         outcome = "error"
-        PROVIDER_ERRORS.labels(provider, model, "internal").inc()
+        child(PROVIDER_ERRORS, provider, model, "internal").inc()
         raise
     finally:
         await events.aclose()
-        PROVIDER_CALLS.labels(provider, model, outcome).inc()
-        PROVIDER_LATENCY.labels(provider, model).observe(time.perf_counter() - started)
+        child(PROVIDER_CALLS, provider, model, outcome).inc()
+        child(PROVIDER_LATENCY, provider, model).observe(time.perf_counter() - started)
 
 
 def instrument_pool(engine: Any, capacity: int) -> None:

@@ -10,6 +10,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from chatstudio.apikeys.service import is_api_key
 from chatstudio.errors import AppError
 from chatstudio.observability import metrics
 from chatstudio.observability.logging import ACCESS_LOGGER, request_id_var, route_var, user_id_var
@@ -66,6 +67,11 @@ class ObservabilityMiddleware:
             if name == b"authorization":
                 scheme, _, token = value.decode("latin-1").partition(" ")
                 if scheme.lower() == "bearer" and token:
+                    if is_api_key(token):
+                        # An API key is no JWT: its owner, when this instance knows it, costs a dict look-up.
+                        keys = getattr(scope["app"].state, "api_keys", None) if "app" in scope else None
+                        owner = keys.cached_user_id(token.strip()) if keys is not None else None
+                        return str(owner) if owner is not None else None
                     try:
                         return str(decode_access_token(token.strip(), key=self.key, algorithm=self.algorithm).user_id)
                     except AppError:
@@ -120,12 +126,12 @@ class ObservabilityMiddleware:
             elapsed = time.perf_counter() - started
             route = _route(scope)
             method = str(scope.get("method", "GET"))
-            metrics.HTTP_REQUESTS.labels(method, route, str(status)).inc()
-            metrics.HTTP_LATENCY.labels(method, route).observe(elapsed)
+            metrics.child(metrics.HTTP_REQUESTS, method, route, str(status)).inc()
+            metrics.child(metrics.HTTP_LATENCY, method, route).observe(elapsed)
             if status == 429:
                 code = _error_code(bytes(error_body))
                 if code in RATE_LIMIT_CODES:
-                    metrics.RATE_LIMIT_REJECTIONS.labels(code, "http").inc()
+                    metrics.child(metrics.RATE_LIMIT_REJECTIONS, code, "http").inc()
             self._log(scope, route, method, status, elapsed, size)
             self._unbind(tokens)
 
@@ -143,7 +149,7 @@ class ObservabilityMiddleware:
             elif message["type"] == "websocket.close":
                 close_code = int(message.get("code", 1000))
                 if close_code == WS_RATE_LIMITED:
-                    metrics.RATE_LIMIT_REJECTIONS.labels("rate_limited", "websocket").inc()
+                    metrics.child(metrics.RATE_LIMIT_REJECTIONS, "rate_limited", "websocket").inc()
             await send(message)
 
         try:
@@ -153,7 +159,7 @@ class ObservabilityMiddleware:
                 metrics.WEBSOCKETS_OPEN.dec()
             route = _route(scope)
             status = 101 if accepted else 403
-            metrics.HTTP_REQUESTS.labels("WEBSOCKET", route, str(status)).inc()
+            metrics.child(metrics.HTTP_REQUESTS, "WEBSOCKET", route, str(status)).inc()
             self._log(scope, route, "WEBSOCKET", status, time.perf_counter() - started, 0, close_code=close_code)
             self._unbind(tokens)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
@@ -147,7 +147,7 @@ def _text(message: _Message, index: int) -> str:
     return "".join(parts)
 
 
-def to_chat_request(body: CompletionRequest, model_id: str) -> ChatRequest:
+def to_chat_request(body: CompletionRequest, model_id: str, relay: Literal["sse", "json"] | None = None) -> ChatRequest:
     if body.n not in (None, 1):
         raise OpenAIError(400, "Only n=1 is supported.", param="n")
     if body.tools or body.functions:
@@ -169,6 +169,7 @@ def to_chat_request(body: CompletionRequest, model_id: str) -> ChatRequest:
         seed=body.seed,
         presence_penalty=body.presence_penalty,
         frequency_penalty=body.frequency_penalty,
+        relay=relay,
     )
 
 
