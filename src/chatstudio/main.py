@@ -30,7 +30,9 @@ from chatstudio.budgets import Budgets
 from chatstudio.chat.models_api import router as models_router
 from chatstudio.chat.router import router as conversations_router
 from chatstudio.chat.turns import TurnManager
+from chatstudio.chat.ws import PATH as CHAT_SOCKET_PATH
 from chatstudio.chat.ws import router as ws_router
+from chatstudio.chat.ws import serve_chat_socket
 from chatstudio.config import Settings, load_settings
 from chatstudio.db import create_engine, create_sessionmaker, session_scope
 from chatstudio.errors import AppError, error_payload
@@ -183,6 +185,20 @@ async def _bootstrap_admin(app: FastAPI, settings: Settings) -> None:
             logger.warning("ADMIN_EMAIL not applied: %s", exc.message)
 
 
+class ChatSocketShortcut:
+    """`/ws/chat` straight to its endpoint: a socket lives for hours, and every layer it passes keeps
+    a frame alive for as long (the per-socket memory budget of issue 4)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket" and scope["path"] == CHAT_SOCKET_PATH:
+            await serve_chat_socket(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+
 class StudioApp(FastAPI):
     """FastAPI with our edge middleware outside the framework's own stack, so the completions fast
     path (which skips routing, see openai_api.relay) gets the request id, metrics, access log,
@@ -197,11 +213,11 @@ class StudioApp(FastAPI):
 
 def _edge(settings: Settings) -> Callable[[ASGIApp], ASGIApp]:
     """Outermost first: request id, metrics and access log, proxy headers, security headers, the
-    general rate limit, then the completions fast path in front of the framework."""
+    general rate limit, then the completions fast path and the chat socket in front of the framework."""
     trusted = parse_networks(settings.forwarded_allow_ips)
 
     def wrap(inner: ASGIApp) -> ASGIApp:
-        app: ASGIApp = CompletionsFastPath(inner)
+        app: ASGIApp = CompletionsFastPath(ChatSocketShortcut(inner))
         app = RateLimitMiddleware(app, key=settings.signing_key, algorithm=settings.algorithm)
         app = SecurityHeadersMiddleware(app)
         app = ProxyHeadersMiddleware(app, trusted=trusted)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -24,6 +25,14 @@ RATE_LIMIT_CODES = frozenset({"rate_limited", "too_many_attempts"})
 WS_RATE_LIMITED = 4429
 # Probes and scrapes every few seconds would drown the access log; they go at DEBUG.
 QUIET_PATHS = frozenset({"/health", "/health/ready", "/metrics"})
+
+
+@dataclass(frozen=True, slots=True)
+class RouteLabel:
+    """For `scope["route"]`, set by endpoints served in front of the router (main._edge), which has no
+    route object to put there: what the metrics and the access log read of a route."""
+
+    path_format: str
 
 
 def _route(scope: Scope) -> str:

@@ -16,7 +16,6 @@ import asyncio
 import json
 import logging
 from collections.abc import AsyncGenerator
-from dataclasses import dataclass
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -27,6 +26,7 @@ from chatstudio.budgets import Budgets
 from chatstudio.deps import Caller
 from chatstudio.llm.base import LLMError, StreamEvent, WireChunk
 from chatstudio.llm.registry import ProviderRegistry
+from chatstudio.observability.middleware import RouteLabel
 from chatstudio.openai_api.calls import CompletionCall, as_openai_error, parse_body
 from chatstudio.openai_api.wire import OpenAIError, error_event, to_chat_request
 
@@ -42,14 +42,7 @@ _SSE_START = [
 ]
 
 
-@dataclass(frozen=True, slots=True)
-class _RouteLabel:
-    """What the metrics and the access log read from `scope["route"]`."""
-
-    path_format: str
-
-
-_ROUTE = _RouteLabel(PATH)
+_ROUTE = RouteLabel(PATH)
 
 
 class CompletionsFastPath:
