@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
@@ -67,11 +68,15 @@ class CompletionCall:
     claim: Claim | None
     started: float = field(default_factory=time.perf_counter)
     created: int = field(default_factory=lambda: int(time.time()))
-    completion_id: str = field(default_factory=lambda: f"chatcmpl-{uuid.uuid4().hex}")
     parts: list[str] = field(default_factory=list)
     first_token_at: float | None = None
     usage: Usage | None = None
     finish: str = "stop"
+
+    @functools.cached_property
+    def completion_id(self) -> str:
+        """Only the routed path writes its own chunks; a relayed reply keeps the upstream's id."""
+        return f"chatcmpl-{uuid.uuid4().hex}"
 
     def take(self, event: StreamEvent) -> str | None:
         """The event's text, if any; usage and finish are kept."""
