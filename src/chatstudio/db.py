@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy import MetaData, event
 from sqlalchemy.dialects import mysql
 from sqlalchemy.engine import Dialect
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -125,15 +126,41 @@ def create_engine(
         return _create_sqlite_engine(url, echo=echo, pooled=pooled)
     if not pooled:
         return create_async_engine(url, poolclass=NullPool, echo=echo)
-    return create_async_engine(
+    engine = create_async_engine(
         url,
         pool_size=pool_size,
         max_overflow=max_overflow,
         pool_timeout=pool_timeout,
-        pool_pre_ping=True,
         pool_recycle=1800,
         echo=echo,
     )
+    _ping_when_idle(engine)
+    return engine
+
+
+# A connection back in use within this many seconds is trusted without a ping.
+IDLE_PING_AFTER = 10.0
+
+
+def _ping_when_idle(engine: AsyncEngine) -> None:
+    """Test a pooled connection before use only when it sat idle, where a database restart or a
+    firewall's idle cut would have left it dead. SQLAlchemy's pool_pre_ping would pay that round
+    trip on every checkout (three per chat turn); a connection that dies while in steady use fails
+    its request instead, and the pool then replaces every connection older than the failure."""
+
+    @event.listens_for(engine.sync_engine, "checkin")
+    def _checked_in(_dbapi_connection: Any, record: Any) -> None:
+        record.info["idle_since"] = time.monotonic()
+
+    @event.listens_for(engine.sync_engine, "checkout")
+    def _checked_out(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        idle_since = record.info.get("idle_since")
+        if idle_since is None or time.monotonic() - idle_since < IDLE_PING_AFTER:
+            return
+        try:
+            engine.dialect.do_ping(dbapi_connection)
+        except Exception as exc:  # the driver's own error type, whatever the backend
+            raise DisconnectionError("a pooled connection died while idle") from exc
 
 
 def _create_sqlite_engine(url: str, *, echo: bool, pooled: bool) -> AsyncEngine:

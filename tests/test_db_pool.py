@@ -1,0 +1,62 @@
+"""The pool trusts a connection in steady use and tests one that sat idle: a connection the database
+dropped while it was idle is replaced before any request sees it."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import text
+
+from chatstudio import db
+from tests.conftest import Backend
+
+_PID = {"postgres": "SELECT pg_backend_pid()", "mysql": "SELECT CONNECTION_ID()"}
+_KILL = {"postgres": "SELECT pg_terminate_backend({pid})", "mysql": "KILL {pid}"}
+
+
+async def _kill(url: str, backend: str, pid: int) -> None:
+    killer = db.create_engine(url, pooled=False)
+    try:
+        async with killer.connect() as connection:
+            await connection.execute(text(_KILL[backend].format(pid=int(pid))))
+    finally:
+        await killer.dispose()
+
+
+async def test_a_connection_dropped_while_idle_is_replaced(backend: Backend, monkeypatch: pytest.MonkeyPatch) -> None:
+    if backend.name == "sqlite":
+        pytest.skip("a SQLite file has no server to drop the connection")
+    engine = db.create_engine(backend.url, pool_size=1, max_overflow=0)
+    try:
+        async with engine.connect() as connection:
+            first = await connection.scalar(text(_PID[backend.name]))
+        await _kill(backend.url, backend.name, first)
+        monkeypatch.setattr(db, "IDLE_PING_AFTER", 0.0)  # it has now been idle "long enough"
+        async with engine.connect() as connection:
+            assert await connection.scalar(text("SELECT 1")) == 1
+            second = await connection.scalar(text(_PID[backend.name]))
+        assert second != first
+    finally:
+        await engine.dispose()
+
+
+async def test_a_connection_in_steady_use_is_not_pinged(backend: Backend, monkeypatch: pytest.MonkeyPatch) -> None:
+    engine = db.create_engine(backend.url, pool_size=1, max_overflow=0)
+    pings: list[object] = []
+    original = engine.dialect.do_ping
+
+    def counting_ping(connection: object) -> bool:
+        pings.append(connection)
+        return bool(original(connection))  # type: ignore[arg-type]
+
+    monkeypatch.setattr(engine.dialect, "do_ping", counting_ping)
+    try:
+        for _ in range(3):
+            async with engine.connect() as connection:
+                assert await connection.scalar(text("SELECT 1")) == 1
+        assert pings == []
+        monkeypatch.setattr(db, "IDLE_PING_AFTER", 0.0)
+        async with engine.connect() as connection:
+            assert await connection.scalar(text("SELECT 1")) == 1
+        assert len(pings) == (0 if backend.name == "sqlite" else 1)
+    finally:
+        await engine.dispose()
