@@ -278,3 +278,36 @@ async def test_list_query_uses_an_index(app: Any, backend: Any) -> None:
     details = " ".join(str(row[-1]) for row in plan)
     assert "ix_conversation_user_list" in details
     assert "TEMP B-TREE" not in details
+
+
+async def test_a_later_page_seeks_in_the_index(
+    app: Any, backend: Any, client: httpx.AsyncClient, alice: SignedIn
+) -> None:
+    """The keyset of page N must be a range the index seeks to, not a filter over pages 1..N-1."""
+    from sqlalchemy import event
+
+    if backend.name != "sqlite":
+        pytest.skip("plan inspection is checked on SQLite; PostgreSQL and MySQL pick plans by table size")
+    for index in range(3):
+        await create(client, alice, title=f"c{index}")
+    first = (await client.get(BASE, params={"limit": 1}, headers=alice.headers)).json()
+    captured: list[tuple[str, Any]] = []
+
+    def capture(_conn: Any, _cursor: Any, statement: str, parameters: Any, _context: Any, _many: bool) -> None:
+        if statement.lstrip().startswith("SELECT") and "FROM conversation" in statement:
+            captured.append((statement, parameters))
+
+    event.listen(app.state.engine.sync_engine, "before_cursor_execute", capture)
+    try:
+        page = await client.get(BASE, params={"limit": 1, "cursor": first["next_cursor"]}, headers=alice.headers)
+    finally:
+        event.remove(app.state.engine.sync_engine, "before_cursor_execute", capture)
+    assert page.status_code == 200
+    assert [item["title"] for item in page.json()["items"]] == ["c1"]
+    statement, parameters = captured[-1]
+    async with app.state.engine.connect() as conn:
+        raw = await conn.get_raw_connection()
+        cursor = await raw.driver_connection.execute("EXPLAIN QUERY PLAN " + statement, parameters)
+        plan = " ".join(str(row[-1]) for row in await cursor.fetchall())
+    assert "ix_conversation_user_list" in plan
+    assert "last_activity_at<" in plan.replace(" ", "")

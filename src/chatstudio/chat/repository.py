@@ -50,10 +50,13 @@ class ConversationRepository:
         if after is not None:
             at, last_id = after
             query = query.where(
+                # Redundant with the OR below, but a range the index can seek to: without it the
+                # database walks every row of the earlier pages (7.8 ms instead of 0.5 ms on page 100).
+                Conversation.last_activity_at <= at,
                 or_(
                     Conversation.last_activity_at < at,
                     and_(Conversation.last_activity_at == at, Conversation.id < last_id),
-                )
+                ),
             )
         query = query.order_by(Conversation.last_activity_at.desc(), Conversation.id.desc()).limit(limit)
         return list((await self.session.execute(query)).scalars())
