@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import uuid
 from collections.abc import Iterable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -124,6 +125,12 @@ class SecurityHeadersMiddleware:
         await self.app(scope, receive, send_with_headers)
 
 
+def cached_key_owner(scope: Scope, token: str) -> uuid.UUID | None:
+    """The owner of an API key this instance recently accepted (apikeys.auth's cache), without I/O."""
+    keys = getattr(scope["app"].state, "api_keys", None) if "app" in scope else None
+    return keys.cached_user_id(token) if keys is not None else None
+
+
 def _request_id(scope: Scope) -> str:
     return str(scope.get("state", {}).get("request_id", ""))
 
@@ -179,8 +186,7 @@ class RateLimitMiddleware:
                 if scheme.lower() == "bearer" and token:
                     # An API key counts as its owner once this instance has accepted it (an in-memory
                     # look-up, no I/O); an unknown key is limited by IP, so random keys gain nothing.
-                    keys = getattr(scope["app"].state, "api_keys", None) if "app" in scope else None
-                    owner = keys.cached_user_id(token.strip()) if keys is not None else None
+                    owner = cached_key_owner(scope, token.strip())
                     if owner is not None:
                         return f"user:{owner}"
                     try:

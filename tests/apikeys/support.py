@@ -8,7 +8,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -62,16 +62,19 @@ def sdk(app: Any, key: str) -> openai.AsyncOpenAI:
 @dataclass
 class CallCounter:
     calls: int = 0
+    requests: list[Any] = field(default_factory=list)
 
 
 def count_provider_calls(app: Any) -> CallCounter:
-    """Counts calls into the registry (chat turns and /v1 both go through it); behaviour is unchanged."""
+    """Counts (and keeps) the calls into the registry (chat turns and /v1 both go through it);
+    behaviour is unchanged."""
     registry = app.state.registry
     original = registry.stream
     counter = CallCounter()
 
     def stream(model_id: str, request: Any) -> Any:
         counter.calls += 1
+        counter.requests.append(request)
         return original(model_id, request)
 
     registry.stream = stream

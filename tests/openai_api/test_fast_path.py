@@ -17,25 +17,16 @@ from bench.fake_upstream import expected_text
 from chatstudio.db import create_engine
 from chatstudio.main import create_app
 from chatstudio.usage.models import UsageEvent
-from tests.apikeys.support import PRICES, Studio, bearer, create_key, serve
+from tests.apikeys.support import PRICES, CallCounter, Studio, bearer, count_provider_calls, create_key, serve
 from tests.chat.conftest import chat_settings
 from tests.conftest import STRONG_PASSWORD, Backend, _wipe, running_app, sign_up
 
 MESSAGES = [{"role": "user", "content": "hello big world"}]
 
 
-def relays_seen(app: Any) -> list[str | None]:
+def relays(calls: CallCounter) -> list[str | None]:
     """What each call into the registry asked for: "sse"/"json" from the fast path, None otherwise."""
-    registry = app.state.registry
-    original = registry.stream
-    seen: list[str | None] = []
-
-    def stream(model_id: str, request: Any) -> Any:
-        seen.append(request.relay)
-        return original(model_id, request)
-
-    registry.stream = stream
-    return seen
+    return [request.relay for request in calls.requests]
 
 
 def data_events(text: str) -> list[Any]:
@@ -62,14 +53,14 @@ def summary(events: list[Any]) -> dict[str, Any]:
 @pytest.mark.parametrize("include_usage", [True, False])
 async def test_both_paths_stream_the_same_reply(studio: Studio, include_usage: bool) -> None:
     client, app = studio
-    seen = relays_seen(app)
+    calls = count_provider_calls(app)
     key = await create_key(client, await sign_up(client))
     body: dict[str, Any] = {"model": "openai/gpt-test", "messages": MESSAGES, "stream": True}
     if include_usage:
         body["stream_options"] = {"include_usage": True}
     routed = await client.post("/v1/chat/completions", headers=bearer(key), json=body)
     fast = await client.post("/v1/chat/completions", headers=bearer(key), json=body)
-    assert seen == [None, "sse"]  # the first call cached the key; the second took the fast path
+    assert relays(calls) == [None, "sse"]  # the first call cached the key; the second took the fast path
     for response in (routed, fast):
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/event-stream")
@@ -88,12 +79,12 @@ async def test_both_paths_stream_the_same_reply(studio: Studio, include_usage: b
 
 async def test_both_paths_answer_the_same_completion(studio: Studio) -> None:
     client, app = studio
-    seen = relays_seen(app)
+    calls = count_provider_calls(app)
     key = await create_key(client, await sign_up(client))
     body = {"model": "openai/gpt-test", "messages": MESSAGES, "max_tokens": 5}
     routed = (await client.post("/v1/chat/completions", headers=bearer(key), json=body)).json()
     fast_response = await client.post("/v1/chat/completions", headers=bearer(key), json=body)
-    assert seen == [None, "json"]
+    assert relays(calls) == [None, "json"]
     fast = fast_response.json()
     assert fast_response.headers["cache-control"] == "no-store"
     assert fast["model"] == routed["model"] == "openai/gpt-test"
@@ -108,7 +99,7 @@ async def test_both_paths_answer_the_same_completion(studio: Studio) -> None:
 
 async def test_what_the_fast_path_cannot_do_goes_the_full_way(studio: Studio) -> None:
     client, app = studio
-    seen = relays_seen(app)
+    calls = count_provider_calls(app)
     user = await sign_up(client)
     key = await create_key(client, user)
     body = {"model": "openai/gpt-test", "messages": MESSAGES}
@@ -119,7 +110,7 @@ async def test_what_the_fast_path_cannot_do_goes_the_full_way(studio: Studio) ->
     assert (await client.post("/v1/chat/completions", headers=idempotent, json=body)).status_code == 200
     browser = {**bearer(key), "Origin": "https://app.example.com"}
     assert (await client.post("/v1/chat/completions", headers=browser, json=body)).status_code == 200
-    assert seen == [None, None, None, None]
+    assert relays(calls) == [None, None, None, None]
     # and what it does refuse, it refuses in OpenAI's shape, as the full path does
     bad = await client.post("/v1/chat/completions", headers=bearer(key), json={"model": "openai/gpt-test"})
     assert bad.status_code == 400
@@ -135,7 +126,7 @@ async def test_what_the_fast_path_cannot_do_goes_the_full_way(studio: Studio) ->
         "/v1/chat/completions", headers={**bearer(key), "Content-Type": "application/json"}, content=b"{"
     )
     assert not_json.status_code == 400
-    assert seen == [None, None, None, None]  # none of these reached a provider
+    assert relays(calls) == [None, None, None, None]  # none of these reached a provider
 
 
 async def test_a_model_of_another_wire_format_is_converted_by_the_full_path(
@@ -145,11 +136,11 @@ async def test_a_model_of_another_wire_format_is_converted_by_the_full_path(
         backend.url, fake_upstream, tmp_path, anthropic_api_key="sk-ant-test", anthropic_base_url=fake_upstream
     )
     async with running_app(settings, wipe=True) as (client, app):
-        seen = relays_seen(app)
+        calls = count_provider_calls(app)
         key = await create_key(client, await sign_up(client))
         body = {"model": "anthropic/claude-test", "messages": MESSAGES, "stream": True}
         replies = [await client.post("/v1/chat/completions", headers=bearer(key), json=body) for _ in range(2)]
-    assert seen == [None, None]
+    assert relays(calls) == [None, None]
     for reply in replies:
         events = data_events(reply.text)
         assert events[-1] == "[DONE]"
@@ -169,7 +160,7 @@ def relay_settings(backend: Backend, fake_upstream: str, tmp_path: Path) -> Iter
 def test_a_client_that_leaves_stops_the_relayed_call(relay_settings: Any) -> None:
     app = create_app(relay_settings)
     with serve(app) as base_url, httpx.Client(base_url=base_url, timeout=30) as http:
-        seen = relays_seen(app)  # the registry exists once the server has started
+        calls = count_provider_calls(app)  # the registry exists once the server has started
         email = "relay-leaver@example.com"
         assert http.post("/api/v1/auth/register", json={"email": email, "password": STRONG_PASSWORD}).status_code == 201
         login = http.post("/api/v1/auth/login", json={"email": email, "password": STRONG_PASSWORD})
@@ -183,7 +174,7 @@ def test_a_client_that_leaves_stops_the_relayed_call(relay_settings: Any) -> Non
             assert next(response.iter_bytes()).startswith(b"data: {")
     # Leaving `serve` stopped the server, which waits for running responses and then writes the
     # buffered usage: a relay that kept reading would have ended `completed`, with 200 tokens.
-    assert seen == [None, "sse"]
+    assert relays(calls) == [None, "sse"]
     rows = asyncio.run(_usage(relay_settings.database_url))
     assert rows[0] == ("openai/gpt-test", "completed")
     assert rows[1] == ("slow/x", "cancelled")

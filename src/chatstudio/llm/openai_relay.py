@@ -98,10 +98,6 @@ class OpenAIStreamRelay:
         events.append(Finish(FINISH_REASONS.get(self._finish, "other") if self._finish else "stop"))
         return events
 
-    @property
-    def usage(self) -> Usage | None:
-        return self._usage
-
     def _take(self, ready: bytes) -> list[StreamEvent]:
         """One WireChunk for the slice; only its marked tail is parsed (see the module docstring)."""
         if self._usage is None:

@@ -13,6 +13,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from chatstudio.apikeys.service import is_api_key
 from chatstudio.errors import AppError
+from chatstudio.http_security import cached_key_owner
 from chatstudio.observability import metrics
 from chatstudio.observability.logging import ACCESS_LOGGER, request_id_var, route_var, user_id_var
 from chatstudio.observability.redaction import SENSITIVE_NAMES
@@ -78,8 +79,7 @@ class ObservabilityMiddleware:
                 if scheme.lower() == "bearer" and token:
                     if is_api_key(token):
                         # An API key is no JWT: its owner, when this instance knows it, costs a dict look-up.
-                        keys = getattr(scope["app"].state, "api_keys", None) if "app" in scope else None
-                        owner = keys.cached_user_id(token.strip()) if keys is not None else None
+                        owner = cached_key_owner(scope, token.strip())
                         return str(owner) if owner is not None else None
                     try:
                         return str(decode_access_token(token.strip(), key=self.key, algorithm=self.algorithm).user_id)
