@@ -1,4 +1,5 @@
-"""Full-text search SQL: the only module that speaks each database's full-text dialect.
+"""Full-text search SQL: the only module that speaks each database's full-text dialect (with
+pg_terms, which reads PostgreSQL's statistics of the searched columns).
 
 `search()` is the one entry point. It runs in two steps on every backend:
 1. rank: the ids of one page of hits (messages and conversation titles, one list), filtered by owner
@@ -16,6 +17,7 @@ from datetime import datetime
 from typing import Any, TypeAlias
 
 from sqlalchemy import (
+    Boolean,
     Float,
     Select,
     and_,
@@ -34,6 +36,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.elements import ColumnElement
 
 from chatstudio.chat.models import Conversation, Message
+from chatstudio.search.pg_terms import TermFrequencies, term_frequencies
 from chatstudio.search.schemas import Sort
 from chatstudio.search.text import MARK_END, MARK_START, SNIPPET_CHARS, Range, highlight, unmark
 
@@ -95,7 +98,11 @@ async def search(
         return []
     dialect = session.get_bind().dialect.name
     if dialect == "postgresql":
-        engine: _Engine = _Postgres(terms)
+        engine: _Engine = _Postgres(
+            terms,
+            messages=await term_frequencies(session, "message", "content_fts"),
+            titles=await term_frequencies(session, "conversation", "title_fts"),
+        )
     elif dialect == "sqlite":
         engine = _Sqlite(terms)
     elif dialect in ("mysql", "mariadb"):
@@ -230,18 +237,30 @@ _PG_WHOLE_HEADLINE = f"StartSel={MARK_START}, StopSel={MARK_END}, HighlightAll=t
 
 class _Postgres(_Engine):
     """Stored tsvector columns (content_fts, title_fts) with GIN indexes; ts_rank to score,
-    ts_headline to highlight. The columns are the migration's, not the models'."""
+    ts_headline to highlight. The columns are the migration's, not the models'.
 
-    def _query(self) -> ColumnElement[Any]:
+    Only the rare terms of a query go to the index (pg_terms): a common prefix is checked on the
+    rows the rare ones found instead of being expanded in GIN."""
+
+    def __init__(self, terms: Sequence[str], *, messages: TermFrequencies, titles: TermFrequencies) -> None:
+        super().__init__(terms)
+        self.frequencies = {"message": messages, "conversation": titles}
+
+    def _query(self, terms: Sequence[str] | None = None) -> ColumnElement[Any]:
         # Every term is letters and digits only (text.terms_of), so quoting it is enough.
-        text = " & ".join(f"'{term}':*" for term in self.terms)
+        text = " & ".join(f"'{term}':*" for term in (self.terms if terms is None else terms))
         return func.to_tsquery(_SIMPLE, text)
 
     def _branch(self, key: Any, owner: Any, vector: str, user_id: uuid.UUID) -> _Branch:
         stored: ColumnElement[Any] = literal_column(vector)
         query = self._query()
         rank: ColumnElement[float] = func.ts_rank(stored, query, 1, type_=Float)
-        return _Branch(select(key).where(owner == user_id, stored.bool_op("@@")(query)), rank, key)
+        indexed = self.frequencies[key.table.name].selective(self.terms)
+        match: list[ColumnElement[bool]] = [stored.bool_op("@@")(self._query(indexed))]
+        if len(indexed) < len(self.terms):
+            # ts_match_vq is @@ spelled as a function, which the planner never takes to an index.
+            match.append(func.ts_match_vq(stored, query, type_=Boolean))
+        return _Branch(select(key).where(owner == user_id, *match), rank, key)
 
     def messages(self, user_id: uuid.UUID) -> _Branch:
         return self._branch(Message.id, Message.user_id, "message.content_fts", user_id)
