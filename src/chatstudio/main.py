@@ -5,10 +5,8 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-import re
 import signal
 import threading
-import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import timedelta
@@ -19,7 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from chatstudio import __version__
 from chatstudio.admin.router import router as admin_router
@@ -35,20 +33,16 @@ from chatstudio.chat.ws import router as ws_router
 from chatstudio.chat.ws import serve_chat_socket
 from chatstudio.config import Settings, load_settings
 from chatstudio.db import create_engine, create_sessionmaker, session_scope
+from chatstudio.edge import Edge
 from chatstudio.errors import AppError, error_payload
 from chatstudio.files.router import router as files_router
 from chatstudio.health import router as health_router
-from chatstudio.http_security import (
-    ProxyHeadersMiddleware,
-    RateLimitMiddleware,
-    SecurityHeadersMiddleware,
-    parse_networks,
-)
+from chatstudio.http_security import parse_networks
 from chatstudio.idempotency import IdempotencyGate
 from chatstudio.llm.base import LLMError
 from chatstudio.llm.registry import build_registry
 from chatstudio.mail import Mailer
-from chatstudio.observability.setup import install_observability, observability_middleware
+from chatstudio.observability.setup import install_observability
 from chatstudio.openai_api.relay import CompletionsFastPath
 from chatstudio.openai_api.router import router as openai_router
 from chatstudio.search.router import router as search_router
@@ -61,8 +55,6 @@ from chatstudio.web.router import router as web_router
 
 logger = logging.getLogger("chatstudio")
 
-REQUEST_ID_HEADER = "x-request-id"
-_VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _HTTP_CODES = {
     400: "bad_request",
     401: "unauthorized",
@@ -74,35 +66,6 @@ _HTTP_CODES = {
     415: "unsupported_media_type",
     429: "rate_limited",
 }
-
-
-class RequestIdMiddleware:
-    """Takes a sane X-Request-ID or makes one, exposes it to handlers and returns it."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] not in ("http", "websocket"):
-            await self.app(scope, receive, send)
-            return
-        request_id = ""
-        for name, value in scope["headers"]:
-            if name == b"x-request-id":
-                candidate = value.decode("latin-1")
-                if _VALID_REQUEST_ID.match(candidate):
-                    request_id = candidate
-                break
-        request_id = request_id or uuid.uuid4().hex
-        scope.setdefault("state", {})["request_id"] = request_id
-        header = (REQUEST_ID_HEADER.encode(), request_id.encode())
-
-        async def send_with_id(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", []), header]
-            await send(message)
-
-        await self.app(scope, receive, send_with_id)
 
 
 def _request_id(request: Request) -> str:
@@ -212,17 +175,13 @@ class StudioApp(FastAPI):
 
 
 def _edge(settings: Settings) -> Callable[[ASGIApp], ASGIApp]:
-    """Outermost first: request id, metrics and access log, proxy headers, security headers, the
-    general rate limit, then the completions fast path and the chat socket in front of the framework."""
+    """The edge (request id, proxy headers, rate limit, security headers, metrics and access log),
+    then the completions fast path and the chat socket in front of the framework."""
     trusted = parse_networks(settings.forwarded_allow_ips)
 
     def wrap(inner: ASGIApp) -> ASGIApp:
-        app: ASGIApp = CompletionsFastPath(ChatSocketShortcut(inner))
-        app = RateLimitMiddleware(app, key=settings.signing_key, algorithm=settings.algorithm)
-        app = SecurityHeadersMiddleware(app)
-        app = ProxyHeadersMiddleware(app, trusted=trusted)
-        app = observability_middleware(app, settings)
-        return RequestIdMiddleware(app)
+        app = CompletionsFastPath(ChatSocketShortcut(inner))
+        return Edge(app, key=settings.signing_key, algorithm=settings.algorithm, trusted=trusted)
 
     return wrap
 

@@ -73,15 +73,23 @@ class RedactingFilter(logging.Filter):
         self.redact = Redactor(secrets or ())
 
     def filter(self, record: logging.LogRecord) -> bool:
-        record.msg = self.redact(record.getMessage())
+        message = record.getMessage()
         record.args = None
         if record.exc_info and not record.exc_text:
             record.exc_text = "".join(traceback.format_exception(*record.exc_info))
+        fields = record.__dict__
+        extra = [key for key, value in fields.items() if key not in _STANDARD and isinstance(value, str | dict | list)]
+        texts = [message, record.exc_text or ""]
+        texts += [fields[key] for key in extra if isinstance(fields[key], str)]
+        if len(texts) == len(extra) + 2 and not self.redact.might_hold_secret("\n".join(texts)):
+            # Plain strings only (an access line) and none holds a hint: one screen instead of one per field.
+            record.msg = message
+            return True
+        record.msg = self.redact(message)
         if record.exc_text:
             record.exc_text = self.redact(record.exc_text)
-        for key, value in list(record.__dict__.items()):
-            if key not in _STANDARD and isinstance(value, str | dict | list):
-                setattr(record, key, self.redact.scrub(value))
+        for key in extra:
+            fields[key] = self.redact.scrub(fields[key])
         return True
 
 

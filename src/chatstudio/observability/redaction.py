@@ -92,7 +92,7 @@ class Redactor:
         self._values = tuple(ordered)
 
     def __call__(self, text: str) -> str:
-        if not self._might_hold_secret(text):
+        if not self.might_hold_secret(text):
             return text
         if self._literal is not None:
             text = self._literal.sub(MASK, text)
@@ -100,7 +100,7 @@ class Redactor:
             text = pattern.sub(replacement, text)
         return text
 
-    def _might_hold_secret(self, text: str) -> bool:
+    def might_hold_secret(self, text: str) -> bool:
         """Most log text holds no secret; a few substring tests say so far faster than the patterns."""
         lowered = text.lower()
         return any(hint in lowered for hint in _HINTS) or any(value in text for value in self._values)

@@ -12,13 +12,11 @@ from typing import Any
 from starlette.middleware.gzip import GZipMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.types import ASGIApp
 
 from chatstudio import __version__
 from chatstudio.errors import error_payload
 from chatstudio.observability import metrics
 from chatstudio.observability.cache import ResponseCache
-from chatstudio.observability.middleware import ObservabilityMiddleware
 from chatstudio.observability.redaction import Redactor
 from chatstudio.observability.sentry import init_sentry
 
@@ -30,16 +28,12 @@ GZIP_LEVEL = 6
 
 def install_observability(app: Any, settings: Any) -> None:
     """Sentry, compression, /metrics and the lifespan hooks. The access log and metrics middleware is
-    part of main's edge stack (`observability_middleware`), outside the framework's own middleware."""
+    part of the edge (chatstudio.edge), outside the framework's own middleware."""
     init_sentry(settings, Redactor.from_settings(settings), __version__)
     app.add_middleware(GZipMiddleware, minimum_size=GZIP_MINIMUM_SIZE, compresslevel=GZIP_LEVEL)
     if settings.prometheus_port is None:
         app.add_route("/metrics", _metrics_endpoint(settings), methods=["GET"], include_in_schema=False)
     _wrap_lifespan(app, settings)
-
-
-def observability_middleware(app: ASGIApp, settings: Any) -> ASGIApp:
-    return ObservabilityMiddleware(app, key=settings.signing_key, algorithm=settings.algorithm)
 
 
 def _metrics_endpoint(settings: Any) -> Any:
