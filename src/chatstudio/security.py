@@ -8,6 +8,7 @@ import gzip
 import hashlib
 import hmac
 import secrets
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -128,15 +129,38 @@ def create_access_token(
     return jwt.encode(payload, key, algorithm=algorithm), claims
 
 
+# Verified tokens: one client sends the same token with every request for its whole lifetime, and
+# the edge and the sign-in check each need its claims. Revocation is not decided here (the session
+# check reads the database), only the signature and expiry, so a cached answer is as good as a new one.
+_verified: dict[str, tuple[str, str, AccessClaims]] = {}
+MAX_VERIFIED_TOKENS = 4096
+TOKEN_LEEWAY_SECONDS = 5
+
+
 def decode_access_token(token: str, *, key: str, algorithm: str) -> AccessClaims:
     """Only the configured algorithm is accepted, which rules out `none` and key confusion."""
+    known = _verified.get(token)
+    if known is not None and known[0] == key and known[1] == algorithm:
+        claims = known[2]
+        if claims.expires_at.timestamp() + TOKEN_LEEWAY_SECONDS > time.time():
+            return claims
+        _verified.pop(token, None)
+        raise InvalidToken("The access token has expired.")
+    claims = _decode_access_token(token, key=key, algorithm=algorithm)
+    if len(_verified) >= MAX_VERIFIED_TOKENS:
+        _verified.clear()
+    _verified[token] = (key, algorithm, claims)
+    return claims
+
+
+def _decode_access_token(token: str, *, key: str, algorithm: str) -> AccessClaims:
     try:
         payload: dict[str, Any] = jwt.decode(
             token,
             key,
             algorithms=[algorithm],
             options={"require": ["sub", "sid", "jti", "type", "iat", "exp"]},
-            leeway=5,
+            leeway=TOKEN_LEEWAY_SECONDS,
         )
         if payload["type"] != ACCESS_TOKEN_TYPE:
             raise InvalidToken("The token is not an access token.")
