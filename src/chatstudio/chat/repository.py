@@ -5,14 +5,17 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import and_, delete, or_, select, update
+from sqlalchemy import Table, and_, delete, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from chatstudio.chat.history import StoredTurn, branch
 from chatstudio.chat.models import Conversation, Message, MessageStatus
-from chatstudio.db import like_contains
+from chatstudio.db import like_contains, utcnow
+
+_MESSAGE_TABLE = cast(Table, Message.__table__)
+_CONVERSATION_TABLE = cast(Table, Conversation.__table__)
 
 
 class ConversationRepository:
@@ -23,6 +26,14 @@ class ConversationRepository:
         self.session.add(conversation)
         await self.session.flush()
         return conversation
+
+    async def touch(self, conversation_id: uuid.UUID, at: datetime, title: str | None = None) -> None:
+        """A new message: the conversation moves to the top of the list (and takes its first title)."""
+        values: dict[str, Any] = {"last_activity_at": at}
+        if title is not None:
+            values["title"] = title
+        table = _CONVERSATION_TABLE
+        await self.session.execute(update(table).where(table.c.id == conversation_id).values(**values))
 
     async def get_owned(self, conversation_id: uuid.UUID, user_id: uuid.UUID) -> Conversation | None:
         result = await self.session.execute(
@@ -82,10 +93,19 @@ class MessageRepository:
         await self.session.flush()
         return message
 
-    async def add_all(self, messages: list[Message]) -> None:
-        """In order, in one flush (a reply may point at the question added just before it)."""
-        self.session.add_all(messages)
-        await self.session.flush()
+    async def insert_new(self, messages: list[Message]) -> None:
+        """New messages (ids set) in one INSERT, in order: a reply may point at the question before it.
+
+        A Core statement, not the unit of work: the objects stay plain data (not in the session), with
+        their timestamps filled in here as the column defaults would have."""
+        now = utcnow()
+        for message in messages:
+            message.created_at = message.created_at or now
+            message.updated_at = message.updated_at or now
+            message.content = message.content if message.content is not None else ""
+        table = _MESSAGE_TABLE
+        rows = [{column.key: getattr(message, column.key) for column in table.columns} for message in messages]
+        await self.session.execute(insert(table), rows)
 
     async def list_owned(
         self,
@@ -113,8 +133,12 @@ class MessageRepository:
 
     async def finish_streaming(self, message_id: uuid.UUID, values: dict[str, Any]) -> bool:
         """The one final write of a reply; a second attempt finds no `streaming` row and changes nothing."""
+        # The table, not the mapped class: the ORM's bulk-update bookkeeping costs more than the statement.
+        table = _MESSAGE_TABLE
         result = await self.session.execute(
-            update(Message).where(Message.id == message_id, Message.status == MessageStatus.STREAMING).values(**values)
+            update(table)
+            .where(table.c.id == message_id, table.c.status == MessageStatus.STREAMING.value)
+            .values(**values)
         )
         return bool(result.rowcount)  # type: ignore[attr-defined]
 

@@ -293,6 +293,7 @@ class TurnManager:
             )
         # Ids are made here, so both rows go to the database in one statement.
         new_rows: list[Message] = []
+        new_title: str | None = None
         if regenerate_from is None:
             user_message = Message(
                 id=uuid7(),
@@ -306,7 +307,7 @@ class TurnManager:
             new_rows.append(user_message)
             answer_parent = user_message.id
             if conversation.title == DEFAULT_TITLE and not path:
-                conversation.title = title_from(new_text)
+                new_title = title_from(new_text)
         assistant = Message(
             id=uuid7(),
             conversation_id=conversation_id,
@@ -317,10 +318,10 @@ class TurnManager:
             status=MessageStatus.STREAMING,
             model=model_id,
         )
-        await messages.add_all([*new_rows, assistant])
+        await messages.insert_new([*new_rows, assistant])
         if user_message is not None:
             await attachments.link(user_message.id, attached)
-        conversation.last_activity_at = utcnow()
+        await conversations.touch(conversation_id, utcnow(), new_title)
         request = ChatRequest(
             model=model_id,
             messages=prompt,
