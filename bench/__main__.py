@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import os
 import platform
@@ -143,7 +144,10 @@ async def _load_scenarios(
             else:
                 targets = [
                     scenarios.direct(upstream_port, True),
-                    scenarios.completion_target("A", port, "/v1/chat/completions", "openai/gpt-bench", True, key),
+                    dataclasses.replace(
+                        scenarios.completion_target("A", port, "/v1/chat/completions", "openai/gpt-bench", True, key),
+                        cpu=server.cpu_seconds,
+                    ),
                 ]
                 if "D" in selected:
                     from bench import litellm
@@ -169,13 +173,20 @@ async def _load_scenarios(
                     _say("B: the same without streaming")
                     plain = [
                         scenarios.direct(upstream_port, False),
-                        scenarios.completion_target("B", port, "/v1/chat/completions", "openai/gpt-bench", False, key),
+                        dataclasses.replace(
+                            scenarios.completion_target(
+                                "B", port, "/v1/chat/completions", "openai/gpt-bench", False, key
+                            ),
+                            cpu=server.cpu_seconds,
+                        ),
                     ]
                     found = await scenarios.interleave(plain, (1, 16, 64), args.rounds, args.duration)
                     out["scenarios"]["B"] = report.compare(found, "B", "direct")
         if "C" in selected:
             _say("C: chat turns over SSE, stored in PostgreSQL")
-            found, _ = await scenarios.chat_turns(api, token, upstream_port, (16, 64), args.rounds, args.duration)
+            found, _ = await scenarios.chat_turns(
+                api, token, upstream_port, (16, 64), args.rounds, args.duration, cpu=server.cpu_seconds
+            )
             result = report.compare(found, "C", "direct")
             served = sum(r.total_ok for (name, _c), r in found.items() if name == "C")
             stored = await scenarios.stored_turns(database_url, user_id)

@@ -178,6 +178,9 @@ class Result:
     total_ok: int = 0
     # Started inside the window but ended (or failed) after it: a stall shows up here.
     late: int = 0
+    # CPU the server under test spent over the run (warm-up and tail included, as total_ok is):
+    # steadier than throughput on a machine whose speed drifts from run to run.
+    server_cpu_seconds: float = 0.0
 
     def merge(self, other: Result) -> None:
         self.requests += other.requests
@@ -188,6 +191,7 @@ class Result:
         self.first_error = self.first_error or other.first_error
         self.total_ok += other.total_ok
         self.late += other.late
+        self.server_cpu_seconds += other.server_cpu_seconds
 
     @property
     def rps(self) -> float:
@@ -211,6 +215,11 @@ class Result:
             },
             "late": self.late,
             "first_error": self.first_error,
+            "server_cpu_us_per_request": (
+                round(1e6 * self.server_cpu_seconds / self.total_ok, 1)
+                if self.server_cpu_seconds and self.total_ok
+                else None
+            ),
         }
 
 

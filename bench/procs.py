@@ -83,6 +83,12 @@ class Process:
                     return int(line.split()[1])
         raise RuntimeError(f"{self.name} has no VmRSS")
 
+    def cpu_seconds(self) -> float:
+        """User and system CPU of the process so far (the uvicorn worker itself when WORKERS=1)."""
+        with open(f"/proc/{self.pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     async def wait_http(self, port: int, path: str = "/health", timeout: float = 60) -> float:
         """Seconds from spawn until `path` answers 200 (polled every 5 ms)."""
         raw = http_request("GET", path, host=f"127.0.0.1:{port}")

@@ -71,7 +71,7 @@ def targets(out: dict[str, Any]) -> list[tuple[str, Any, bool | None]]:
 def table(out: dict[str, Any]) -> str:
     lines = [f"machine: {out['machine']['cpus']} cores ({out['machine']['cpu_model']}), pinned {out['machine']}"]
     header = f"{'scenario':<8}{'c':>4}{'rps':>10}{'direct':>10}{'ratio':>8}{'p50 ms':>9}{'p99 ms':>9}"
-    header += f"{'ttfc50':>9}{'+ttfc':>8}{'errors':>8}{'late':>6}"
+    header += f"{'ttfc50':>9}{'+ttfc':>8}{'errors':>8}{'late':>6}{'cpu us/req':>12}"
     lines += ["", header, "-" * len(header)]
     for name in ("A", "B", "C", "D"):
         scenario = out["scenarios"].get(name)
@@ -84,10 +84,12 @@ def table(out: dict[str, Any]) -> str:
             if not key.startswith("c="):
                 continue
             mine = row[name]
+            cpu = mine.get("server_cpu_us_per_request")
             lines.append(
                 f"{name:<8}{key[2:]:>4}{mine['rps']:>10.0f}{row['direct']['rps']:>10.0f}{row['ratio']:>8.3f}"
                 f"{mine['latency_ms']['p50']:>9.2f}{mine['latency_ms']['p99']:>9.2f}"
                 f"{mine['ttfc_ms']['p50']:>9.2f}{row['ttfc_added_ms_p50']:>8.2f}{mine['errors']:>8}{mine['late']:>6}"
+                f"{cpu if cpu is not None else '-':>12}"
             )
         if name == "C":
             lines.append(f"{'':<8}turns answered {scenario['turns_answered']}, stored {scenario['stored']}")

@@ -37,6 +37,7 @@ class Target:
     request: Callable[[int, int], bytes]
     expect_tail: bytes = b""
     expect_in_body: bytes = b""
+    cpu: Callable[[], float] | None = None  # the server's CPU seconds so far, for CPU per request
 
 
 class Api:
@@ -124,6 +125,7 @@ async def interleave(
         for concurrency in concurrencies:
             shift = round_index % len(targets)
             for target in targets[shift:] + targets[:shift]:
+                cpu_before = target.cpu() if target.cpu else 0.0
                 result = await loadgen.run(
                     "127.0.0.1",
                     target.port,
@@ -133,6 +135,8 @@ async def interleave(
                     expect_tail=target.expect_tail,
                     expect_in_body=target.expect_in_body,
                 )
+                if target.cpu:
+                    result.server_cpu_seconds = target.cpu() - cpu_before
                 merged.setdefault((target.name, concurrency), Result()).merge(result)
     return merged
 
@@ -156,7 +160,13 @@ async def openai_available(api: Api, key: str | None) -> str | None:
 
 
 async def chat_turns(
-    api: Api, token: str, upstream_port: int, concurrencies: tuple[int, ...], rounds: int, duration: float
+    api: Api,
+    token: str,
+    upstream_port: int,
+    concurrencies: tuple[int, ...],
+    rounds: int,
+    duration: float,
+    cpu: Callable[[], float] | None = None,
 ) -> tuple[dict[tuple[str, int], Result], list[str]]:
     """Scenario C: POST /api/v1/conversations/{id}/messages over SSE, stored in PostgreSQL. Each
     connection spreads its turns over its own 16 conversations, so histories stay short."""
@@ -186,7 +196,7 @@ async def chat_turns(
     def turn(connection: int, sequence: int) -> bytes:
         return requests[connection * per_connection + sequence % per_connection]
 
-    proxy = Target("C", api.port, turn, expect_in_body=b"event: done\n")
+    proxy = Target("C", api.port, turn, expect_in_body=b"event: done\n", cpu=cpu)
     results = await interleave([direct(upstream_port, True), proxy], concurrencies, rounds, duration)
     return results, conversations
 
