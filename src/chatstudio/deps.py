@@ -47,7 +47,7 @@ def get_throttle(request: Request) -> Throttle:
 
 
 def client_ip(request: Request) -> str:
-    """The peer, or the client named by a trusted proxy (see http_security.ProxyHeadersMiddleware)."""
+    """The peer, or the client named by a trusted proxy (see http_security.TrustedProxies, applied by the edge)."""
     return request.client.host if request.client else "unknown"
 
 
