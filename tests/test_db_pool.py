@@ -60,3 +60,20 @@ async def test_a_connection_in_steady_use_is_not_pinged(backend: Backend, monkey
         assert len(pings) == (0 if backend.name == "sqlite" else 1)
     finally:
         await engine.dispose()
+
+
+async def test_postgresql_connections_may_prefetch_heap_pages(backend: Backend) -> None:
+    if backend.name != "postgres":
+        pytest.skip("effective_io_concurrency is PostgreSQL's")
+    engine = db.create_engine(backend.url, pool_size=1, max_overflow=0)
+    try:
+        async with engine.connect() as connection:
+            version = str(await connection.scalar(text("SELECT version()")))
+            setting = await connection.scalar(text("SHOW effective_io_concurrency"))
+            # The pool's reset on return (a rollback) must not undo it for the next checkout.
+        async with engine.connect() as connection:
+            again = await connection.scalar(text("SHOW effective_io_concurrency"))
+    finally:
+        await engine.dispose()
+    expected = str(db.IO_CONCURRENCY) if "linux" in version.lower() else setting
+    assert setting == again == expected

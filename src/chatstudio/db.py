@@ -135,7 +135,29 @@ def create_engine(
         echo=echo,
     )
     _ping_when_idle(engine)
+    if engine.dialect.name == "postgresql":
+        _prefetch_heap_reads(engine)
     return engine
+
+
+# How many heap pages a bitmap scan may ask the kernel for ahead of reading them. PostgreSQL's
+# default (1; 16 from version 18) reads one page at a time: a search for a word found in 5,000
+# messages whose pages are not cached waited 150-970 ms on disk reads, 30-100 ms with this.
+IO_CONCURRENCY = 64
+
+
+def _prefetch_heap_reads(engine: AsyncEngine) -> None:
+    """Raise effective_io_concurrency on each new connection, where the server can prefetch: it needs
+    posix_fadvise (Linux; not macOS or Windows, where setting it is an error)."""
+
+    async def configure(connection: Any) -> None:
+        version = str(await connection.fetchval("SELECT version()"))
+        if "linux" in version.lower():
+            await connection.execute(f"SET effective_io_concurrency = {IO_CONCURRENCY}")
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _connected(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.run_async(configure)
 
 
 # A connection back in use within this many seconds is trusted without a ping.
