@@ -138,7 +138,8 @@ class Edge:
         try:
             refused = refusal(scope)
             if refused is not None:
-                await refuse(edge_send, refused[0], refused[1], refused[2], request_id, refused[3])
+                refused_status, code, text, headers = refused
+                await refuse(edge_send, refused_status, code, text, request_id, headers)
                 return
             throttle = self._throttle(scope)
             if throttle is not None:

@@ -149,11 +149,11 @@ async def refuse(
     await send({"type": "http.response.body", "body": body})
 
 
+# The general limit (RATE_LIMIT_PER_MINUTE / _PER_HOUR) covers the API, per user, else per client IP.
+# The user is read from a validly signed token or a cached API key, without touching the database, so
+# a flood of requests costs no queries. Redis trouble never fails a request: the throttle falls back
+# to a per-instance limit.
 RATE_LIMITED_PREFIXES = ("/api/", "/v1/", "/ws/")
-"""The general limit (RATE_LIMIT_PER_MINUTE / _PER_HOUR) covers the API, per user, else per client IP.
-The user is read from a validly signed token or a cached API key, without touching the database, so
-a flood of requests costs no queries. Redis trouble never fails a request: the throttle falls back
-to a per-instance limit."""
 
 
 def rate_limit_headers(decision: Decision) -> list[tuple[bytes, bytes]]:

@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from chatstudio.chat.history import StoredTurn, branch
 from chatstudio.chat.models import Conversation, Message, MessageStatus
-from chatstudio.db import like_contains, utcnow
+from chatstudio.db import like_contains
 
 _MESSAGE_TABLE = cast(Table, Message.__table__)
 _CONVERSATION_TABLE = cast(Table, Conversation.__table__)
@@ -96,14 +96,15 @@ class MessageRepository:
     async def insert_new(self, messages: list[Message]) -> None:
         """New messages (ids set) in one INSERT, in order: a reply may point at the question before it.
 
-        A Core statement, not the unit of work: the objects stay plain data (not in the session), with
-        their timestamps filled in here as the column defaults would have."""
-        now = utcnow()
-        for message in messages:
-            message.created_at = message.created_at or now
-            message.updated_at = message.updated_at or now
-            message.content = message.content if message.content is not None else ""
+        A Core statement, not the unit of work: the objects stay plain data (not in the session), and
+        what they leave unset gets the column's default here, on the object too, as a flush would."""
         table = _MESSAGE_TABLE
+        defaults = [(column.key, column.default) for column in table.columns if column.default is not None]
+        for message in messages:
+            for key, default in defaults:
+                if getattr(message, key) is None:
+                    # A callable default takes the execution context; ours (utcnow, uuid7) ignore it.
+                    setattr(message, key, default.arg(None) if default.is_callable else default.arg)  # type: ignore[attr-defined]
         rows = [{column.key: getattr(message, column.key) for column in table.columns} for message in messages]
         await self.session.execute(insert(table), rows)
 

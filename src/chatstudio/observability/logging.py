@@ -79,12 +79,13 @@ class RedactingFilter(logging.Filter):
             record.exc_text = "".join(traceback.format_exception(*record.exc_info))
         fields = record.__dict__
         extra = [key for key, value in fields.items() if key not in _STANDARD and isinstance(value, str | dict | list)]
-        texts = [message, record.exc_text or ""]
-        texts += [fields[key] for key in extra if isinstance(fields[key], str)]
-        if len(texts) == len(extra) + 2 and not self.redact.might_hold_secret("\n".join(texts)):
-            # Plain strings only (an access line) and none holds a hint: one screen instead of one per field.
-            record.msg = message
-            return True
+        if all(isinstance(fields[key], str) for key in extra):
+            # Plain strings only (an access line): one screen for the hints over all of them together,
+            # instead of one per field; only a hit pays for the patterns below.
+            texts = [message, record.exc_text or "", *(fields[key] for key in extra)]
+            if not self.redact.might_hold_secret("\n".join(texts)):
+                record.msg = message
+                return True
         record.msg = self.redact(message)
         if record.exc_text:
             record.exc_text = self.redact(record.exc_text)

@@ -16,7 +16,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import text
+from sqlalchemy import URL, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 STATS_TTL_SECONDS = 600.0
@@ -67,12 +67,12 @@ class TermFrequencies:
         return [term for term in terms if shares[term] <= rarest * INDEX_SPREAD]
 
 
-_cache: dict[tuple[str, str, str], tuple[float, TermFrequencies]] = {}
+_cache: dict[tuple[URL, str, str], tuple[float, TermFrequencies]] = {}
 
 
 async def term_frequencies(session: AsyncSession, table: str, column: str) -> TermFrequencies:
     """The column's statistics, cached per database for STATS_TTL_SECONDS."""
-    key = (session.get_bind().engine.url.render_as_string(hide_password=True), table, column)
+    key = (session.get_bind().engine.url, table, column)
     now = time.monotonic()
     cached = _cache.get(key)
     if cached is not None and now - cached[0] < STATS_TTL_SECONDS:
