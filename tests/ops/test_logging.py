@@ -6,10 +6,12 @@ from __future__ import annotations
 import io
 import json
 import logging
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -170,3 +172,82 @@ def test_uvicorn_loggers_route_into_ours(ops_settings: Settings) -> None:
     assert config["root"]["handlers"] == ["console"]
     text = Settings.model_validate({**ops_settings.model_dump(), "log_format": "text"})
     assert logging_config(text)["handlers"]["console"]["formatter"] == "text"
+
+
+@contextmanager
+def shipped_console(settings: Settings) -> Iterator[tuple[io.StringIO, logging.StreamHandler[io.StringIO]]]:
+    """The root logger holding only the handler the shipped configuration installs (pytest's capture
+    handlers set aside for the block), as in a served worker."""
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    handler.addFilter(RedactingFilter(secret_values(settings)))
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level)
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
+    try:
+        yield stream, handler
+    finally:
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])
+
+
+def _access_scope(path: str) -> dict[str, Any]:
+    return {"type": "http", "method": "POST", "path": path, "query_string": b"a=1", "client": ("10.0.0.7", 5000)}
+
+
+def test_direct_access_line_is_the_formatters_line(ops_settings: Settings) -> None:
+    from chatstudio.observability.logging import request_id_var, user_id_var
+    from chatstudio.observability.middleware import _access_writer, access_log, record_http
+
+    with shipped_console(ops_settings) as (stream, handler):
+        tokens = request_id_var.set("req-direct-1"), user_id_var.set("user-7")
+        try:
+            record_http(_access_scope("/v1/chat/completions"), 201, 0.01234, 99, b"")
+            fields = {"route": "<unmatched>", "status": 201}
+            assert _access_writer.write(logging.INFO, "POST /v1/chat/completions 201", fields, ())
+            # What the usual path makes of the same call, for comparison.
+            record = access_log.makeRecord(
+                access_log.name, logging.INFO, "", 0, "POST /v1/chat/completions 201", (), None, extra=fields
+            )
+            expected = json.loads(handler.format(record))
+        finally:
+            request_id_var.reset(tokens[0])
+            user_id_var.reset(tokens[1])
+    written = lines(stream)
+    assert len(written) == 2
+    first, second = written
+    assert first["request_id"] == "req-direct-1"
+    assert first["user_id"] == "user-7"
+    assert first["path"] == "/v1/chat/completions?a=1"
+    assert first["client"] == "10.0.0.7"
+    assert first["status"] == 201
+    assert first["duration_ms"] == 12.34
+    assert first["bytes"] == 99
+    made = datetime.fromisoformat(expected["ts"])
+    for entry in (first, second):
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+00:00", entry["ts"])
+        assert abs((datetime.fromisoformat(entry["ts"]) - made).total_seconds()) < 5
+    assert {k: v for k, v in second.items() if k != "ts"} == {k: v for k, v in expected.items() if k != "ts"}
+    assert list(second) == list(expected)
+
+
+def test_access_lines_needing_redaction_or_other_handlers_take_the_usual_path(ops_settings: Settings) -> None:
+    from chatstudio.observability.middleware import _access_writer, record_http
+
+    jwt = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjMifQ.c2lnbmF0dXJlLXZhbHVl"
+    with shipped_console(ops_settings) as (stream, _):
+        assert not _access_writer.write(logging.INFO, f"GET /reset/{jwt} 200", {}, ())
+        record_http(_access_scope(f"/reset/{jwt}"), 200, 0.001, 0, b"")
+        extra = io.StringIO()
+        second = logging.StreamHandler(extra)
+        second.setFormatter(JsonFormatter())
+        logging.getLogger().addHandler(second)
+        assert not _access_writer.write(logging.INFO, "GET / 200", {}, ())
+        record_http(_access_scope("/plain"), 200, 0.001, 0, b"")
+    assert jwt not in stream.getvalue()
+    assert lines(stream)[0]["path"].startswith("/reset/")
+    # Both handlers got the line written while two were installed.
+    assert [e["path"] for e in lines(stream)][1:] == ["/plain?a=1"]
+    assert [e["path"] for e in lines(extra)] == ["/plain?a=1"]

@@ -11,6 +11,8 @@ import contextvars
 import json
 import logging
 import logging.config
+import os
+import time
 import traceback
 from datetime import UTC, datetime
 from typing import Any
@@ -53,6 +55,88 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             entry["exc"] = record.exc_text or "".join(traceback.format_exception(*record.exc_info))
         return json.dumps(entry, ensure_ascii=False, default=str)
+
+
+# Built once: json.dumps with any option set builds a new encoder per call.
+_ENCODER = json.JSONEncoder(ensure_ascii=False, default=str)
+
+
+class AccessWriter:
+    """Writes access-log lines straight to the one console handler of the shipped configuration.
+
+    Through `Logger.log` an access line costs ~28 µs (a LogRecord, two filter passes, a lock, the
+    formatter's scan of every record attribute), the largest single item of a relayed completion's
+    overhead. When the configuration is exactly the shipped one (one StreamHandler with our JSON
+    formatter and redacting filter, no other handler or filter on the way) this writes the same line
+    the formatter would, after the same redaction screen. Anything else (a log file, text format,
+    pytest's capture, a line the screen flags) returns False and the caller logs the usual way.
+    """
+
+    def __init__(self, logger: logging.Logger) -> None:
+        self._logger = logger
+        self._seen: tuple[Any, ...] | None = None
+        self._handler: logging.StreamHandler[Any] | None = None
+        self._redactor: Redactor | None = None
+        self._pid = os.getpid()
+        self._second = -1
+        self._second_text = ""
+
+    def _timestamp(self, now: float) -> str:
+        """The formatter's `ts`, with the date and time formatted once per second, not per line."""
+        second = int(now)
+        if second != self._second:
+            self._second = second
+            self._second_text = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        return f"{self._second_text}.{int((now - second) * 1000):03d}+00:00"
+
+    def _route(self) -> tuple[logging.StreamHandler[Any] | None, Redactor | None]:
+        seen = []
+        handlers: list[logging.Handler] = []
+        logger: logging.Logger | None = self._logger
+        while logger is not None:
+            seen.append((tuple(logger.handlers), tuple(logger.filters), logger.propagate))
+            handlers.extend(logger.handlers)
+            logger = logger.parent if logger.propagate else None
+        key = (tuple(seen), logging.root.manager.disable)
+        if key != self._seen:
+            self._seen = key
+            self._handler, self._redactor = None, None
+            filters_on_loggers = any(filters for _, filters, _ in seen)
+            if len(handlers) == 1 and not filters_on_loggers and logging.root.manager.disable == 0:
+                handler = handlers[0]
+                if (
+                    type(handler) is logging.StreamHandler
+                    and type(handler.formatter) is JsonFormatter
+                    and len(handler.filters) == 1
+                    and isinstance(handler.filters[0], RedactingFilter)
+                ):
+                    self._handler, self._redactor = handler, handler.filters[0].redact
+        return self._handler, self._redactor
+
+    def write(self, level: int, message: str, fields: dict[str, Any], texts: tuple[str, ...]) -> bool:
+        """True when the line was written; `texts` are the strings the redaction screen must pass."""
+        handler, redactor = self._route()
+        if handler is None or redactor is None or level < handler.level:
+            return False
+        if redactor.might_hold_secret("\n".join((message, *texts))):
+            return False
+        entry: dict[str, Any] = {
+            "ts": self._timestamp(time.time()),
+            "level": logging.getLevelName(level).lower(),
+            "logger": self._logger.name,
+            "message": message,
+            "pid": self._pid,
+            **_context(),
+            **fields,
+        }
+        line = _ENCODER.encode(entry) + handler.terminator
+        try:
+            with handler.lock:  # type: ignore[union-attr]  # created by Handler.__init__
+                handler.stream.write(line)
+                handler.flush()
+        except Exception:  # noqa: BLE001 - the usual path reports what went wrong
+            return False
+        return True
 
 
 class TextFormatter(logging.Formatter):

@@ -11,10 +11,11 @@ from typing import Any
 from starlette.types import Scope
 
 from chatstudio.observability import metrics
-from chatstudio.observability.logging import ACCESS_LOGGER, request_id_var, route_var, user_id_var
+from chatstudio.observability.logging import ACCESS_LOGGER, AccessWriter, request_id_var, route_var, user_id_var
 from chatstudio.observability.redaction import SENSITIVE_NAMES
 
 access_log = logging.getLogger(ACCESS_LOGGER)
+_access_writer = AccessWriter(access_log)
 
 UNMATCHED = "<unmatched>"
 RATE_LIMIT_CODES = frozenset({"rate_limited", "too_many_attempts"})
@@ -98,23 +99,21 @@ def _log(scope: Scope, route: str, method: str, status: int, elapsed: float, siz
         return
     client = scope.get("client")
     query = _safe_query(scope.get("query_string", b""))
-    access_log.log(
-        level,
-        "%s %s %d",
-        method,
-        path,
-        status,
-        extra={
-            "method": method,
-            "path": path + (f"?{query}" if query else ""),
-            "route": route,
-            "status": status,
-            "duration_ms": round(elapsed * 1000, 2),
-            "bytes": size,
-            "client": client[0] if client else None,
-            **{k: v for k, v in extra.items() if v is not None},
-        },
-    )
+    target = path + (f"?{query}" if query else "")
+    fields = {
+        "method": method,
+        "path": target,
+        "route": route,
+        "status": status,
+        "duration_ms": round(elapsed * 1000, 2),
+        "bytes": size,
+        "client": client[0] if client else None,
+        **{k: v for k, v in extra.items() if v is not None},
+    }
+    message = f"{method} {path} {status}"
+    if _access_writer.write(level, message, fields, (target, route)):
+        return
+    access_log.log(level, "%s %s %d", method, path, status, extra=fields)
 
 
 def _error_code(body: bytes) -> str | None:
