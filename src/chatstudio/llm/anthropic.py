@@ -110,7 +110,7 @@ class AnthropicProvider:
         stop_reason: str | None = None
         async with http.boundary(), http.post_stream("/v1/messages", self.payload(request)) as response:
             complete = False
-            reader = SSEReader(response.content)
+            reader = SSEReader(response)
             while not complete and (batch := await reader.next_batch()) is not None:
                 texts: list[str] = []  # a burst's text goes on as one delta
                 failure: Exception | None = None

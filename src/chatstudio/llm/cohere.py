@@ -80,7 +80,7 @@ class CohereProvider:
         http = self._http
         end: dict[str, Any] | None = None
         async with http.boundary(), http.post_stream("/v2/chat", self.payload(request)) as response:
-            reader = SSEReader(response.content)
+            reader = SSEReader(response)
             finished = False
             while not finished and (batch := await reader.next_batch()) is not None:
                 texts: list[str] = []  # a burst's text goes on as one delta

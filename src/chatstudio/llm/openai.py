@@ -120,7 +120,7 @@ class OpenAIProvider:
         http = self._http
         relay = OpenAIStreamRelay(self.name, http.secrets)
         async with http.boundary(), http.post_stream("/chat/completions", self.payload(request)) as response:
-            async for data in response.content.iter_any():
+            async for data in response.iter_any():
                 for event in relay.feed(data):
                     yield event
             for event in relay.end():
@@ -139,7 +139,7 @@ class OpenAIProvider:
         usage: Usage | None = None
         async with http.boundary(), http.post_stream("/chat/completions", self.payload(request)) as response:
             done = False
-            reader = SSEReader(response.content)
+            reader = SSEReader(response)
             while not done and (batch := await reader.next_batch()) is not None:
                 texts: list[str] = []  # a burst's text goes on as one delta
                 failure: Exception | None = None
