@@ -108,7 +108,7 @@ class AnthropicProvider:
         input_tokens = 0
         output_tokens = 0
         stop_reason: str | None = None
-        async with http.boundary(), http.post_stream("/v1/messages", self.payload(request)) as response:
+        async with http.post("/v1/messages", self.payload(request)) as response:
             complete = False
             reader = SSEReader(response)
             while not complete and (batch := await reader.next_batch()) is not None:

@@ -79,7 +79,7 @@ class CohereProvider:
     async def stream(self, request: ChatRequest) -> AsyncGenerator[StreamEvent, None]:
         http = self._http
         end: dict[str, Any] | None = None
-        async with http.boundary(), http.post_stream("/v2/chat", self.payload(request)) as response:
+        async with http.post("/v2/chat", self.payload(request)) as response:
             reader = SSEReader(response)
             finished = False
             while not finished and (batch := await reader.next_batch()) is not None:

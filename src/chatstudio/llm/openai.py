@@ -119,7 +119,7 @@ class OpenAIProvider:
         """The upstream's own events, in slices as they arrive (see openai_relay)."""
         http = self._http
         relay = OpenAIStreamRelay(self.name, http.secrets)
-        async with http.boundary(), http.post_stream("/chat/completions", self.payload(request)) as response:
+        async with http.post("/chat/completions", self.payload(request)) as response:
             async for data in response.iter_any():
                 for event in relay.feed(data):
                     yield event
@@ -128,7 +128,7 @@ class OpenAIProvider:
 
     async def _relay_json(self, request: ChatRequest) -> AsyncGenerator[StreamEvent, None]:
         http = self._http
-        async with http.boundary(), http.post_stream("/chat/completions", self.payload(request), stream=False) as reply:
+        async with http.post("/chat/completions", self.payload(request), stream=False) as reply:
             events = relay_json(self.name, await reply.read(), http.secrets)
         for event in events:
             yield event
@@ -137,7 +137,7 @@ class OpenAIProvider:
         http = self._http
         finish: str | None = None
         usage: Usage | None = None
-        async with http.boundary(), http.post_stream("/chat/completions", self.payload(request)) as response:
+        async with http.post("/chat/completions", self.payload(request)) as response:
             done = False
             reader = SSEReader(response)
             while not done and (batch := await reader.next_batch()) is not None:
