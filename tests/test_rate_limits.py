@@ -227,3 +227,14 @@ async def test_redis_outage_degrades_safely_and_recovers(
         login = await client.post("/api/v1/auth/login", json={"email": "r@example.com", "password": STRONG_PASSWORD})
         assert login.status_code == 200
         assert not app.state.throttle.limiter.degraded
+
+
+def test_raw_rate_limit_headers_say_what_the_named_ones_say() -> None:
+    from chatstudio.http_security import rate_limit_headers
+    from chatstudio.ratelimit import Decision
+    from chatstudio.throttle import rate_headers
+
+    decision = Decision(False, 120, 0, 37, 37)
+    named = {name.lower().encode(): value.encode() for name, value in rate_headers(decision).items()}
+    assert dict(rate_limit_headers(decision)) == named
+    assert named[b"ratelimit-remaining"] == b"0"

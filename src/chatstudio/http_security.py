@@ -11,7 +11,6 @@ from collections.abc import Iterable
 from starlette.types import Scope, Send
 
 from chatstudio.ratelimit import Decision
-from chatstudio.throttle import rate_headers
 
 API_CSP = "default-src 'none'; frame-ancestors 'none'"
 HSTS = "max-age=31536000; includeSubDomains"
@@ -157,4 +156,9 @@ RATE_LIMITED_PREFIXES = ("/api/", "/v1/", "/ws/")
 
 
 def rate_limit_headers(decision: Decision) -> list[tuple[bytes, bytes]]:
-    return [(name.lower().encode(), value.encode()) for name, value in rate_headers(decision).items()]
+    """throttle.rate_headers, as raw ASGI headers (on every API response, so built directly)."""
+    return [
+        (b"ratelimit-limit", b"%d" % decision.limit),
+        (b"ratelimit-remaining", b"%d" % decision.remaining),
+        (b"ratelimit-reset", b"%d" % decision.reset_after),
+    ]

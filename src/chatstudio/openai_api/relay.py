@@ -13,6 +13,7 @@ body handed on when it was already read, so both paths give the same answers; th
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 from collections.abc import AsyncGenerator
@@ -125,6 +126,7 @@ def _prepare(state: Any, found: AuthenticatedKey, body: bytes) -> _Prepared | No
     return call, events, stream, request.include_usage, *renamed
 
 
+@functools.lru_cache(maxsize=256)
 def _model_field(model: str) -> bytes:
     return b'"model":' + json.dumps(model).encode()
 

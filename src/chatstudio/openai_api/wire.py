@@ -8,6 +8,7 @@ JSON-escaped delta text, so a token costs one string escape, not a dict built an
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Mapping
@@ -76,11 +77,19 @@ def error_type(status_code: int) -> str:
     return "invalid_request_error"
 
 
+def _names_a_server(name: str) -> bool:
+    return name.lower() in _FORBIDDEN_NAMES or _FORBIDDEN_SHAPE.search(name) is not None
+
+
+# Every request names the same few keys; a client-chosen long key is not worth keeping.
+_names_a_server_cached = functools.lru_cache(maxsize=1024)(_names_a_server)
+
+
 def forbidden_field(payload: Mapping[str, Any], path: str = "") -> str | None:
     """The first field naming a server, URL or credential, as a dotted path; None when there is none."""
     for name, value in payload.items():
         dotted = f"{path}{name}"
-        if name.lower() in _FORBIDDEN_NAMES or _FORBIDDEN_SHAPE.search(name):
+        if _names_a_server_cached(name) if len(name) <= 64 else _names_a_server(name):
             return dotted
         if isinstance(value, Mapping) and not (not path and name in _CONTENT_FIELDS):
             found = forbidden_field(value, f"{dotted}.")
