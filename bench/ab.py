@@ -1,0 +1,110 @@
+"""`python -m bench.ab --base REF`: one change's cost, measured side by side.
+
+Two servers run at once on the server core: one from a git worktree of REF (the baseline), one from
+this checkout, both on this checkout's virtualenv. They are loaded in turn, alternating which goes
+first, for the given rounds of the same scenario (A: streamed /v1/chat/completions, B: the same
+without streaming), and the median server CPU per request of each is printed with their ratio.
+CPU per request moves far less from run to run than throughput does on a shared machine, so a few
+percent show through where `make bench` would drown them.
+
+    python -m bench.ab --base HEAD~1 --scenario B --concurrency 16 --rounds 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from bench import loadgen, procs, scenarios
+from bench.__main__ import DEFAULT_ADMIN_URL, RESULTS, _admin, _url_for
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _worktree(ref: str, into: Path) -> None:
+    subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(into), ref], check=True)
+
+
+def _drop_worktree(path: Path) -> None:
+    subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(path)], check=False)
+
+
+async def compare(args: argparse.Namespace) -> dict[str, list[float]]:
+    cores = procs.Cores.detect()
+    cores.pin_self()
+    logs = RESULTS / f"ab-{time.strftime('%Y%m%dT%H%M%S')}-logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="chatstudio-ab-"))
+    base = work / "base"
+    _worktree(args.base, base)
+    upstream_port = procs.free_port()
+    upstream = procs.fake_upstream(cores, upstream_port, logs)
+    database = f"chatstudio_ab_{int(time.time())}"
+    servers: list[tuple[str, procs.Process, scenarios.Target]] = []
+    try:
+        await upstream.wait_http(upstream_port, "/v1/models")
+        await _admin(args.postgres_url, f"CREATE DATABASE {database}")
+        env = scenarios.server_env(_url_for(args.postgres_url, database), upstream_port, work)
+        procs.run_cli(["migrate"], env, cwd=work)
+        stream = args.scenario == "A"
+        # The baseline's package shadows this checkout's (PYTHONPATH comes before site-packages).
+        for name, extra in (("base", {"PYTHONPATH": str(base / "src")}), ("this", {})):
+            port = procs.free_port()
+            server = procs.chatstudio(cores, port, {**env, **extra}, logs, cwd=work, name=name)
+            await server.wait_http(port)
+            api = scenarios.Api(port)
+            _, token = await api.sign_in(f"ab-{name}@bench.example.com")
+            key = await scenarios.create_api_key(api, token)
+            target = scenarios.completion_target(
+                args.scenario, port, "/v1/chat/completions", "openai/gpt-bench", stream, key
+            )
+            servers.append((name, server, target))
+        cpu: dict[str, list[float]] = {name: [] for name, _, _ in servers}
+        for round_index in range(args.rounds + 1):  # round 0 warms both up and is not counted
+            for name, server, target in servers if round_index % 2 else servers[::-1]:
+                before = server.cpu_seconds()
+                result = await loadgen.run(
+                    "127.0.0.1",
+                    target.port,
+                    target.request,
+                    concurrency=args.concurrency,
+                    duration=args.duration,
+                    expect_tail=target.expect_tail,
+                    expect_in_body=target.expect_in_body,
+                )
+                if result.errors:
+                    raise RuntimeError(f"{name}: {result.errors} errors, first: {result.first_error}")
+                if round_index:
+                    cpu[name].append(1e6 * (server.cpu_seconds() - before) / max(1, result.total_ok))
+        return cpu
+    finally:
+        for _, server, _ in servers:
+            server.stop()
+        upstream.stop()
+        await _admin(args.postgres_url, f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
+        _drop_worktree(base)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--base", required=True, help="git ref of the baseline (a commit, HEAD~1, a branch)")
+    parser.add_argument("--scenario", choices=("A", "B"), default="B")
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--duration", type=float, default=3.0)
+    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--postgres-url", default=DEFAULT_ADMIN_URL)
+    args = parser.parse_args()
+    cpu = asyncio.run(compare(args))
+    for name, values in cpu.items():
+        runs = ", ".join(f"{value:.0f}" for value in values)
+        print(f"{name:5} cpu us/request: median {statistics.median(values):7.1f}  ({runs})")
+    print(f"this/base: {statistics.median(cpu['this']) / statistics.median(cpu['base']):.3f}")
+
+
+if __name__ == "__main__":
+    main()
