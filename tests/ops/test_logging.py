@@ -206,7 +206,7 @@ def test_direct_access_line_is_the_formatters_line(ops_settings: Settings) -> No
         try:
             record_http(_access_scope("/v1/chat/completions"), 201, 0.01234, 99, b"")
             fields = {"route": "<unmatched>", "status": 201}
-            assert _access_writer.write(logging.INFO, "POST /v1/chat/completions 201", fields, ())
+            assert _access_writer.write(logging.INFO, "POST /v1/chat/completions 201", fields)
             # What the usual path makes of the same call, for comparison.
             record = access_log.makeRecord(
                 access_log.name, logging.INFO, "", 0, "POST /v1/chat/completions 201", (), None, extra=fields
@@ -238,13 +238,14 @@ def test_access_lines_needing_redaction_or_other_handlers_take_the_usual_path(op
 
     jwt = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjMifQ.c2lnbmF0dXJlLXZhbHVl"
     with shipped_console(ops_settings) as (stream, _):
-        assert not _access_writer.write(logging.INFO, f"GET /reset/{jwt} 200", {}, ())
+        assert not _access_writer.write(logging.INFO, f"GET /reset/{jwt} 200", {})
+        assert not _access_writer.write(logging.INFO, "GET / 200", {"client": jwt})
         record_http(_access_scope(f"/reset/{jwt}"), 200, 0.001, 0, b"")
         extra = io.StringIO()
         second = logging.StreamHandler(extra)
         second.setFormatter(JsonFormatter())
         logging.getLogger().addHandler(second)
-        assert not _access_writer.write(logging.INFO, "GET / 200", {}, ())
+        assert not _access_writer.write(logging.INFO, "GET / 200", {})
         record_http(_access_scope("/plain"), 200, 0.001, 0, b"")
     assert jwt not in stream.getvalue()
     assert lines(stream)[0]["path"].startswith("/reset/")

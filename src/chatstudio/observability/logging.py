@@ -113,11 +113,13 @@ class AccessWriter:
                     self._handler, self._redactor = handler, handler.filters[0].redact
         return self._handler, self._redactor
 
-    def write(self, level: int, message: str, fields: dict[str, Any], texts: tuple[str, ...]) -> bool:
-        """True when the line was written; `texts` are the strings the redaction screen must pass."""
+    def write(self, level: int, message: str, fields: dict[str, Any]) -> bool:
+        """True when the line was written. The screen reads the message and every text field, as
+        RedactingFilter's does for a record."""
         handler, redactor = self._route()
         if handler is None or redactor is None or level < handler.level:
             return False
+        texts = [value for value in fields.values() if isinstance(value, str)]
         if redactor.might_hold_secret("\n".join((message, *texts))):
             return False
         entry: dict[str, Any] = {

@@ -99,10 +99,9 @@ def _log(scope: Scope, route: str, method: str, status: int, elapsed: float, siz
         return
     client = scope.get("client")
     query = _safe_query(scope.get("query_string", b""))
-    target = path + (f"?{query}" if query else "")
     fields = {
         "method": method,
-        "path": target,
+        "path": path + (f"?{query}" if query else ""),
         "route": route,
         "status": status,
         "duration_ms": round(elapsed * 1000, 2),
@@ -111,7 +110,7 @@ def _log(scope: Scope, route: str, method: str, status: int, elapsed: float, siz
         **{k: v for k, v in extra.items() if v is not None},
     }
     message = f"{method} {path} {status}"
-    if _access_writer.write(level, message, fields, (target, route)):
+    if _access_writer.write(level, message, fields):
         return
     access_log.log(level, "%s %s %d", method, path, status, extra=fields)
 
