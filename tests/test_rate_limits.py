@@ -229,12 +229,13 @@ async def test_redis_outage_degrades_safely_and_recovers(
         assert not app.state.throttle.limiter.degraded
 
 
-def test_raw_rate_limit_headers_say_what_the_named_ones_say() -> None:
+def test_rate_limit_headers_carry_the_tightest_window() -> None:
     from chatstudio.http_security import rate_limit_headers
     from chatstudio.ratelimit import Decision
-    from chatstudio.throttle import rate_headers
 
     decision = Decision(False, 120, 0, 37, 37)
-    named = {name.lower().encode(): value.encode() for name, value in rate_headers(decision).items()}
-    assert dict(rate_limit_headers(decision)) == named
-    assert named[b"ratelimit-remaining"] == b"0"
+    assert rate_limit_headers(decision) == [
+        (b"ratelimit-limit", b"120"),
+        (b"ratelimit-remaining", b"0"),
+        (b"ratelimit-reset", b"37"),
+    ]

@@ -156,7 +156,7 @@ RATE_LIMITED_PREFIXES = ("/api/", "/v1/", "/ws/")
 
 
 def rate_limit_headers(decision: Decision) -> list[tuple[bytes, bytes]]:
-    """throttle.rate_headers, as raw ASGI headers (on every API response, so built directly)."""
+    """The RateLimit-* headers of a decision, as raw ASGI headers."""
     return [
         (b"ratelimit-limit", b"%d" % decision.limit),
         (b"ratelimit-remaining", b"%d" % decision.remaining),

@@ -53,14 +53,6 @@ def account_ref(email: str) -> str:
     return hashlib.sha256(email.strip().lower().encode()).hexdigest()[:32]
 
 
-def rate_headers(decision: Decision) -> dict[str, str]:
-    return {
-        "RateLimit-Limit": str(decision.limit),
-        "RateLimit-Remaining": str(decision.remaining),
-        "RateLimit-Reset": str(decision.reset_after),
-    }
-
-
 @dataclass
 class Throttle:
     limiter: FallbackLimiter
