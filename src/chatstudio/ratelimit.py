@@ -177,8 +177,6 @@ class FallbackLimiter:
         return await getattr(self.local, method)(*args)
 
     async def hit(self, key: str, limits: Sequence[Limit], cost: int = 1) -> Decision:
-        if self.primary is self.local:  # no Redis configured: nothing to fall back from
-            return await self.local.hit(key, limits, cost)
         result: Decision = await self._call("hit", key, limits, cost)
         return result
 
