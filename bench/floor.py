@@ -1,0 +1,123 @@
+"""`python -m bench.floor`: where a relayed completion's server CPU goes, measured side by side.
+
+Three servers share the server core and are loaded in turn with the same request (scenario A, a
+streamed /v1/chat/completions, or B, the same without streaming), alternating their order each round:
+
+- uvicorn: plain uvicorn answering with a canned copy of the direct upstream's reply (the server's
+  own cost: one request in, a response of the same size out);
+- relay: plain uvicorn forwarding to the fake upstream over the studio's upstream pool (what any
+  relay on this stack pays);
+- studio: `chatstudio serve` exactly as `make bench` runs it.
+
+Each one's median server CPU per request is printed; the studio's excess over `relay` is what its
+own layers cost (edge, authentication, limits, routing, retries, accounting, metrics, logs).
+
+    python -m bench.floor --scenario A --concurrency 64 --rounds 6
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench import loadgen, procs, scenarios
+from bench.__main__ import DEFAULT_ADMIN_URL, RESULTS, _admin, _url_for
+
+_UVICORN = ["-m", "uvicorn", "--no-server-header", "--no-access-log", "--log-level", "warning"]
+
+
+def _bare(cores: procs.Cores, app: str, port: int, env: dict[str, str], logs: Path) -> procs.Process:
+    argv = [*cores.prefix(cores.server), sys.executable, *_UVICORN, f"bench.floor_apps:{app}", "--port", str(port)]
+    return procs.Process(app, argv, env=env, log=logs / f"{app}.log")
+
+
+async def measure(args: argparse.Namespace) -> dict[str, tuple[list[float], list[float]]]:
+    cores = procs.Cores.detect()
+    cores.pin_self()
+    logs = RESULTS / f"floor-{time.strftime('%Y%m%dT%H%M%S')}-logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="chatstudio-floor-"))
+    stream = args.scenario == "A"
+    upstream_port = procs.free_port()
+    upstream = procs.fake_upstream(cores, upstream_port, logs)
+    database = f"chatstudio_floor_{int(time.time())}"
+    servers: list[tuple[str, procs.Process, scenarios.Target]] = []
+    try:
+        await upstream.wait_http(upstream_port, "/v1/models")
+        direct = scenarios.direct(upstream_port, stream)
+        reply = await loadgen.fetch("127.0.0.1", upstream_port, direct.request(0, 0))
+        canned = work / "reply"
+        canned.write_bytes(reply.body)
+        await _admin(args.postgres_url, f"CREATE DATABASE {database}")
+        env = scenarios.server_env(_url_for(args.postgres_url, database), upstream_port, work)
+        procs.run_cli(["migrate"], env, cwd=work)
+        bare_env = {
+            "CANNED_FILE": str(canned),
+            "UPSTREAM_BASE": env["OPENAI_BASE_URL"],
+            "UPSTREAM_KEY": env["OPENAI_API_KEY"],
+        }
+        for app in ("canned", "relay"):
+            port = procs.free_port()
+            server = _bare(cores, app, port, bare_env, logs)
+            await server.wait_http(port, "/")
+            target = scenarios.completion_target(app, port, "/v1/chat/completions", "gpt-bench", stream, None)
+            servers.append(("uvicorn" if app == "canned" else app, server, target))
+        port = procs.free_port()
+        studio = procs.chatstudio(cores, port, env, logs, cwd=work, name="studio")
+        await studio.wait_http(port)
+        api = scenarios.Api(port)
+        _, token = await api.sign_in("floor@bench.example.com")
+        key = await scenarios.create_api_key(api, token)
+        target = scenarios.completion_target("studio", port, "/v1/chat/completions", "openai/gpt-bench", stream, key)
+        servers.append(("studio", studio, target))
+        figures: dict[str, tuple[list[float], list[float]]] = {name: ([], []) for name, _, _ in servers}
+        for round_index in range(args.rounds + 1):  # round 0 warms every server up and is not counted
+            for name, server, target in servers if round_index % 2 else servers[::-1]:
+                before = server.cpu_seconds()
+                result = await loadgen.run(
+                    "127.0.0.1",
+                    target.port,
+                    target.request,
+                    concurrency=args.concurrency,
+                    duration=args.duration,
+                    expect_tail=target.expect_tail,
+                    expect_in_body=target.expect_in_body,
+                )
+                if result.errors:
+                    raise RuntimeError(f"{name}: {result.errors} errors, first: {result.first_error}")
+                if round_index:
+                    cpu, rps = figures[name]
+                    cpu.append(1e6 * (server.cpu_seconds() - before) / max(1, result.total_ok))
+                    rps.append(result.rps)
+        return figures
+    finally:
+        for _, server, _ in servers:
+            server.stop()
+        upstream.stop()
+        await _admin(args.postgres_url, f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--scenario", choices=("A", "B"), default="A")
+    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--duration", type=float, default=3.0)
+    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--postgres-url", default=DEFAULT_ADMIN_URL)
+    args = parser.parse_args()
+    figures = asyncio.run(measure(args))
+    medians = {name: statistics.median(cpu) for name, (cpu, _) in figures.items()}
+    for name, (cpu, rps) in figures.items():
+        runs = ", ".join(f"{value:.0f}" for value in cpu)
+        rate = statistics.median(rps)
+        print(f"{name:8} cpu us/request: median {medians[name]:6.0f}  rps median {rate:7.0f}  ({runs})")
+    print(f"studio over relay: {medians['studio'] - medians['relay']:.0f} us/request")
+
+
+if __name__ == "__main__":
+    main()
