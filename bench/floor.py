@@ -46,6 +46,7 @@ async def measure(args: argparse.Namespace) -> dict[str, tuple[list[float], list
     upstream_port = procs.free_port()
     upstream = procs.fake_upstream(cores, upstream_port, logs)
     database = f"chatstudio_floor_{int(time.time())}"
+    started: list[procs.Process] = []  # stopped at the end, also when one never became ready
     servers: list[tuple[str, procs.Process, scenarios.Target]] = []
     try:
         await upstream.wait_http(upstream_port, "/v1/models")
@@ -64,11 +65,13 @@ async def measure(args: argparse.Namespace) -> dict[str, tuple[list[float], list
         for app in ("canned", "relay"):
             port = procs.free_port()
             server = _bare(cores, app, port, bare_env, logs)
+            started.append(server)
             await server.wait_http(port, "/")
             target = scenarios.completion_target(app, port, "/v1/chat/completions", "gpt-bench", stream, None)
             servers.append(("uvicorn" if app == "canned" else app, server, target))
         port = procs.free_port()
         studio = procs.chatstudio(cores, port, env, logs, cwd=work, name="studio")
+        started.append(studio)
         await studio.wait_http(port)
         api = scenarios.Api(port)
         _, token = await api.sign_in("floor@bench.example.com")
@@ -96,7 +99,7 @@ async def measure(args: argparse.Namespace) -> dict[str, tuple[list[float], list
                     rps.append(result.rps)
         return figures
     finally:
-        for _, server, _ in servers:
+        for server in started:
             server.stop()
         upstream.stop()
         await _admin(args.postgres_url, f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
