@@ -45,6 +45,7 @@ async def compare(args: argparse.Namespace) -> dict[str, list[float]]:
     upstream_port = procs.free_port()
     upstream = procs.fake_upstream(cores, upstream_port, logs)
     database = f"chatstudio_ab_{int(time.time())}"
+    started: list[procs.Process] = []  # stopped at the end, also when one never became ready
     servers: list[tuple[str, procs.Process, scenarios.Target]] = []
     try:
         await upstream.wait_http(upstream_port, "/v1/models")
@@ -56,6 +57,7 @@ async def compare(args: argparse.Namespace) -> dict[str, list[float]]:
         for name, extra in (("base", {"PYTHONPATH": str(base / "src")}), ("this", {})):
             port = procs.free_port()
             server = procs.chatstudio(cores, port, {**env, **extra}, logs, cwd=work, name=name)
+            started.append(server)
             await server.wait_http(port)
             api = scenarios.Api(port)
             _, token = await api.sign_in(f"ab-{name}@bench.example.com")
@@ -83,7 +85,7 @@ async def compare(args: argparse.Namespace) -> dict[str, list[float]]:
                     cpu[name].append(1e6 * (server.cpu_seconds() - before) / max(1, result.total_ok))
         return cpu
     finally:
-        for _, server, _ in servers:
+        for server in started:
             server.stop()
         upstream.stop()
         await _admin(args.postgres_url, f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
