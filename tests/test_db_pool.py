@@ -77,3 +77,33 @@ async def test_postgresql_connections_may_prefetch_heap_pages(backend: Backend) 
         await engine.dispose()
     expected = str(db.IO_CONCURRENCY) if "linux" in version.lower() else setting
     assert setting == again == expected
+
+
+async def test_a_lone_read_outside_a_transaction_leaves_the_next_unit_of_work_atomic(backend: Backend) -> None:
+    """db.outside_transaction (the sign-in look-up of every request): on PostgreSQL its statements commit
+    on their own; the connection it used is transactional again for whoever checks it out next."""
+    engine = db.create_engine(backend.url, pool_size=1, max_overflow=0)
+    sessions = db.create_sessionmaker(engine)
+    table = "outside_transaction_probe"
+    try:
+        async with engine.begin() as connection:
+            await connection.execute(text(f"DROP TABLE IF EXISTS {table}"))
+            await connection.execute(text(f"CREATE TABLE {table} (n INTEGER)"))
+        async with sessions() as session:
+            await db.outside_transaction(session)
+            await session.execute(text(f"INSERT INTO {table} VALUES (1)"))
+            await session.rollback()
+        async with sessions() as session:  # the same pooled connection (pool_size=1)
+            await session.execute(text(f"INSERT INTO {table} VALUES (2)"))
+            await session.rollback()
+        async with sessions() as session:
+            await session.execute(text(f"INSERT INTO {table} VALUES (3)"))
+            await db.outside_transaction(session)  # a unit of work already begun is left as it is
+            await session.rollback()
+        async with engine.connect() as connection:
+            kept = list((await connection.execute(text(f"SELECT n FROM {table}"))).scalars())
+        assert kept == ([1] if backend.name == "postgres" else [])
+    finally:
+        async with engine.begin() as connection:
+            await connection.execute(text(f"DROP TABLE IF EXISTS {table}"))
+        await engine.dispose()

@@ -16,7 +16,7 @@ from chatstudio.apikeys.service import check_scope, is_api_key
 from chatstudio.audit.service import AuditLog, RequestContext
 from chatstudio.chat.turns import TurnManager
 from chatstudio.config import Settings
-from chatstudio.db import session_scope
+from chatstudio.db import outside_transaction, session_scope
 from chatstudio.errors import Forbidden, Unauthorized
 from chatstudio.mail import Mailer
 from chatstudio.security import AccessClaims
@@ -103,6 +103,7 @@ async def get_principal(
 ) -> Principal:
     if not token:
         raise Unauthorized()
+    await outside_transaction(session)
     user, claims = await AuthService(session, settings).authenticate_access_token(token)
     # Hand the connection back to the pool now: a chat turn opens its own sessions, and a request
     # holding one idle connection while waiting for another deadlocks the pool under load. The
