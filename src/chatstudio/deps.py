@@ -26,23 +26,23 @@ from chatstudio.users.models import User
 from chatstudio.users.service import AuthService
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     return cast(Settings, request.app.state.settings)
 
 
-def get_mailer(request: Request) -> Mailer:
+async def get_mailer(request: Request) -> Mailer:
     return cast(Mailer, request.app.state.mailer)
 
 
-def get_turns(request: Request) -> TurnManager:
+async def get_turns(request: Request) -> TurnManager:
     return cast(TurnManager, request.app.state.turns)
 
 
-def get_redis(request: Request) -> Redis | None:
+async def get_redis(request: Request) -> Redis | None:
     return cast("Redis | None", request.app.state.redis)
 
 
-def get_throttle(request: Request) -> Throttle:
+async def get_throttle(request: Request) -> Throttle:
     return cast(Throttle, request.app.state.throttle)
 
 
@@ -66,7 +66,7 @@ class Auditor:
         await self.log.record(self.context, action, **fields)
 
 
-def get_auditor(request: Request) -> Auditor:
+async def get_auditor(request: Request) -> Auditor:
     context = RequestContext(client_ip(request), request.headers.get("user-agent"), request_id_of(request))
     return Auditor(cast(AuditLog, request.app.state.audit), context)
 
