@@ -34,6 +34,58 @@ def _drop_worktree(path: Path) -> None:
     subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(path)], check=False)
 
 
+Server = tuple[str, procs.Process, scenarios.Target]
+
+
+async def start_studio(
+    cores: procs.Cores,
+    env: dict[str, str],
+    logs: Path,
+    work: Path,
+    name: str,
+    stream: bool,
+    started: list[procs.Process],
+) -> Server:
+    """`chatstudio serve` with a signed-in user's API key, aimed at /v1/chat/completions. The process
+    goes into `started` before it is waited for, so the caller stops it even if it never answers."""
+    port = procs.free_port()
+    server = procs.chatstudio(cores, port, env, logs, cwd=work, name=name)
+    started.append(server)
+    await server.wait_http(port)
+    api = scenarios.Api(port)
+    _, token = await api.sign_in(f"{name}@bench.example.com")
+    key = await scenarios.create_api_key(api, token)
+    target = scenarios.completion_target(name, port, "/v1/chat/completions", "openai/gpt-bench", stream, key)
+    return name, server, target
+
+
+async def load_in_turn(
+    servers: list[Server], *, rounds: int, concurrency: int, duration: float
+) -> dict[str, tuple[list[float], list[float]]]:
+    """Each server's CPU per request (µs) and throughput per round, loaded one after another with the
+    order reversed every round; round 0 warms them all up and is not counted."""
+    figures: dict[str, tuple[list[float], list[float]]] = {name: ([], []) for name, _, _ in servers}
+    for round_index in range(rounds + 1):
+        for name, server, target in servers if round_index % 2 else servers[::-1]:
+            before = server.cpu_seconds()
+            result = await loadgen.run(
+                "127.0.0.1",
+                target.port,
+                target.request,
+                concurrency=concurrency,
+                duration=duration,
+                expect_tail=target.expect_tail,
+                expect_in_body=target.expect_in_body,
+            )
+            if result.errors:
+                raise RuntimeError(f"{name}: {result.errors} errors, first: {result.first_error}")
+            if round_index:
+                cpu, rps = figures[name]
+                cpu.append(1e6 * (server.cpu_seconds() - before) / max(1, result.total_ok))
+                rps.append(result.rps)
+    return figures
+
+
 async def compare(args: argparse.Namespace) -> dict[str, list[float]]:
     cores = procs.Cores.detect()
     cores.pin_self()
@@ -46,7 +98,7 @@ async def compare(args: argparse.Namespace) -> dict[str, list[float]]:
     upstream = procs.fake_upstream(cores, upstream_port, logs)
     database = f"chatstudio_ab_{int(time.time())}"
     started: list[procs.Process] = []  # stopped at the end, also when one never became ready
-    servers: list[tuple[str, procs.Process, scenarios.Target]] = []
+    servers: list[Server] = []
     try:
         await upstream.wait_http(upstream_port, "/v1/models")
         await _admin(args.postgres_url, f"CREATE DATABASE {database}")
@@ -55,35 +107,9 @@ async def compare(args: argparse.Namespace) -> dict[str, list[float]]:
         stream = args.scenario == "A"
         # The baseline's package shadows this checkout's (PYTHONPATH comes before site-packages).
         for name, extra in (("base", {"PYTHONPATH": str(base / "src")}), ("this", {})):
-            port = procs.free_port()
-            server = procs.chatstudio(cores, port, {**env, **extra}, logs, cwd=work, name=name)
-            started.append(server)
-            await server.wait_http(port)
-            api = scenarios.Api(port)
-            _, token = await api.sign_in(f"ab-{name}@bench.example.com")
-            key = await scenarios.create_api_key(api, token)
-            target = scenarios.completion_target(
-                args.scenario, port, "/v1/chat/completions", "openai/gpt-bench", stream, key
-            )
-            servers.append((name, server, target))
-        cpu: dict[str, list[float]] = {name: [] for name, _, _ in servers}
-        for round_index in range(args.rounds + 1):  # round 0 warms both up and is not counted
-            for name, server, target in servers if round_index % 2 else servers[::-1]:
-                before = server.cpu_seconds()
-                result = await loadgen.run(
-                    "127.0.0.1",
-                    target.port,
-                    target.request,
-                    concurrency=args.concurrency,
-                    duration=args.duration,
-                    expect_tail=target.expect_tail,
-                    expect_in_body=target.expect_in_body,
-                )
-                if result.errors:
-                    raise RuntimeError(f"{name}: {result.errors} errors, first: {result.first_error}")
-                if round_index:
-                    cpu[name].append(1e6 * (server.cpu_seconds() - before) / max(1, result.total_ok))
-        return cpu
+            servers.append(await start_studio(cores, {**env, **extra}, logs, work, name, stream, started))
+        figures = await load_in_turn(servers, rounds=args.rounds, concurrency=args.concurrency, duration=args.duration)
+        return {name: cpu for name, (cpu, _) in figures.items()}
     finally:
         for server in started:
             server.stop()

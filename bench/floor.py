@@ -27,6 +27,7 @@ from pathlib import Path
 
 from bench import loadgen, procs, scenarios
 from bench.__main__ import DEFAULT_ADMIN_URL, RESULTS, _admin, _url_for
+from bench.ab import Server, load_in_turn, start_studio
 
 _UVICORN = ["-m", "uvicorn", "--no-server-header", "--no-access-log", "--log-level", "warning"]
 
@@ -47,7 +48,7 @@ async def measure(args: argparse.Namespace) -> dict[str, tuple[list[float], list
     upstream = procs.fake_upstream(cores, upstream_port, logs)
     database = f"chatstudio_floor_{int(time.time())}"
     started: list[procs.Process] = []  # stopped at the end, also when one never became ready
-    servers: list[tuple[str, procs.Process, scenarios.Target]] = []
+    servers: list[Server] = []
     try:
         await upstream.wait_http(upstream_port, "/v1/models")
         direct = scenarios.direct(upstream_port, stream)
@@ -69,35 +70,8 @@ async def measure(args: argparse.Namespace) -> dict[str, tuple[list[float], list
             await server.wait_http(port, "/")
             target = scenarios.completion_target(app, port, "/v1/chat/completions", "gpt-bench", stream, None)
             servers.append(("uvicorn" if app == "canned" else app, server, target))
-        port = procs.free_port()
-        studio = procs.chatstudio(cores, port, env, logs, cwd=work, name="studio")
-        started.append(studio)
-        await studio.wait_http(port)
-        api = scenarios.Api(port)
-        _, token = await api.sign_in("floor@bench.example.com")
-        key = await scenarios.create_api_key(api, token)
-        target = scenarios.completion_target("studio", port, "/v1/chat/completions", "openai/gpt-bench", stream, key)
-        servers.append(("studio", studio, target))
-        figures: dict[str, tuple[list[float], list[float]]] = {name: ([], []) for name, _, _ in servers}
-        for round_index in range(args.rounds + 1):  # round 0 warms every server up and is not counted
-            for name, server, target in servers if round_index % 2 else servers[::-1]:
-                before = server.cpu_seconds()
-                result = await loadgen.run(
-                    "127.0.0.1",
-                    target.port,
-                    target.request,
-                    concurrency=args.concurrency,
-                    duration=args.duration,
-                    expect_tail=target.expect_tail,
-                    expect_in_body=target.expect_in_body,
-                )
-                if result.errors:
-                    raise RuntimeError(f"{name}: {result.errors} errors, first: {result.first_error}")
-                if round_index:
-                    cpu, rps = figures[name]
-                    cpu.append(1e6 * (server.cpu_seconds() - before) / max(1, result.total_ok))
-                    rps.append(result.rps)
-        return figures
+        servers.append(await start_studio(cores, env, logs, work, "studio", stream, started))
+        return await load_in_turn(servers, rounds=args.rounds, concurrency=args.concurrency, duration=args.duration)
     finally:
         for server in started:
             server.stop()
