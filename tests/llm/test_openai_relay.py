@@ -125,6 +125,22 @@ def test_without_totals_the_output_is_estimated_from_the_chunks() -> None:
     assert usage.output_tokens >= 3
 
 
+@pytest.mark.parametrize("newline", ["\n", "\r\n"])
+def test_the_estimate_counts_every_content_chunk_whatever_the_slices(newline: str) -> None:
+    body = sse(chunk("a"), chunk("b"), chunk("c"), chunk("d"), chunk(finish="stop"), newline=newline)
+    for pieces in ([], [len(body) // 3], [40, 41, len(body) // 2, len(body) - 20]):
+        events = relay_all(body, pieces)
+        assert wire(events) == body
+        assert [e for e in events if isinstance(e, Usage)] == [Usage(0, 4)]
+        assert events[-1] == Finish("stop")
+
+
+def test_totals_in_a_later_slice_replace_the_estimate() -> None:
+    body = sse(chunk("a"), chunk("b"), chunk(finish="stop"), USAGE)
+    events = relay_all(body, [len(sse(chunk("a"), done=False))])
+    assert [e for e in events if isinstance(e, Usage)] == [Usage(7, 3)]
+
+
 def test_an_unterminated_last_event_is_still_taken() -> None:
     body = sse(chunk("a"), chunk(finish="stop"), done=False)[:-2]
     events = relay_all(body, [])

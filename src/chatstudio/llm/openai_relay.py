@@ -39,10 +39,12 @@ def stream_error(provider: str, error: Any, secrets: Sequence[str]) -> LLMError:
     return error_from_kind(provider, "", str(error), secrets)
 
 
-def _boundary(buffer: bytes) -> int:
-    """The end of the last complete event in `buffer` (0 when there is none)."""
-    lf = buffer.rfind(b"\n\n")
-    crlf = buffer.rfind(b"\r\n\r\n")
+def _boundary(buffer: bytes, end: int | None = None) -> int:
+    """The end of the last complete event in `buffer[:end]` (0 when there is none)."""
+    lf = buffer.rfind(b"\n\n", 0, end)
+    # Most servers end lines with LF alone; a search for an absent CRLF pair would scan the whole
+    # slice, while a lone byte's absence is found at memchr speed.
+    crlf = buffer.rfind(b"\r\n\r\n", 0, end) if b"\r" in buffer else -1
     return max(lf + 2 if lf >= 0 else 0, crlf + 4 if crlf >= 0 else 0)
 
 
@@ -100,8 +102,6 @@ class OpenAIStreamRelay:
 
     def _take(self, ready: bytes) -> list[StreamEvent]:
         """One WireChunk for the slice; only its marked tail is parsed (see the module docstring)."""
-        if self._usage is None:
-            self._chunks += ready.count(b'"content":')
         done = _line_at(ready, ready.rfind(_DONE_LINE))
         self._done = self._done or done
         # Finish reason and totals come in the last events, so the search runs from the end. With one
@@ -109,21 +109,24 @@ class OpenAIStreamRelay:
         marks = [ready.find(b'"error"'), _valued(ready, ready.rfind(b'"finish_reason":'), 16, b'"')]
         marks.append(_valued(ready, ready.rfind(b'"usage":'), 8, b"{"))
         first = min((at for at in marks if at >= 0), default=-1)
-        if first < 0:
-            return [WireChunk(ready, last=done)]
         usage_span: tuple[int, int] | None = None
-        position = _boundary(ready[:first])
-        while position < len(ready):
-            end = _event_end(ready, position)
-            payload = _data(ready[position:end])
-            if payload and payload != b"[DONE]" and self._read(payload):
-                usage_span = (position, end)
-            position = end
+        if first >= 0:
+            position = _boundary(ready, first)
+            while position < len(ready):
+                end = _event_end(ready, position)
+                payload = _data(ready[position:end])
+                if payload and payload != b"[DONE]" and self._read(payload):
+                    usage_span = (position, end)
+                position = end
+        if self._usage is None:
+            # Counted only while no totals came: the estimate is needed only if none ever do, and a
+            # short reply's one slice carries its totals (the count is a scan of the whole slice).
+            self._chunks += ready.count(b'"content":')
         return [WireChunk(ready, usage=usage_span, last=done)]
 
     def _read(self, payload: bytes) -> bool:
         """Takes the finish reason and totals from one chunk; True for the totals-only chunk."""
-        chunk = json.loads(payload)
+        chunk = json.loads(payload.decode())  # SSE is UTF-8: no encoding detection needed
         if not isinstance(chunk, dict):
             raise ValueError("a stream chunk that is not an object")
         error = chunk.get("error")
@@ -153,7 +156,7 @@ def _valued(buffer: bytes, at: int, length: int, opening: bytes) -> int:
 def _event_end(buffer: bytes, position: int) -> int:
     """The end of the event starting at `position`, its blank line included."""
     lf = buffer.find(b"\n\n", position)
-    crlf = buffer.find(b"\r\n\r\n", position)
+    crlf = buffer.find(b"\r\n\r\n", position) if b"\r" in buffer else -1
     ends = [at + 2 for at in (lf,) if at >= 0] + [at + 4 for at in (crlf,) if at >= 0]
     return min(ends) if ends else len(buffer)
 
