@@ -118,7 +118,8 @@ def _prepare(state: Any, found: AuthenticatedKey, body: bytes) -> _Prepared | No
     if not registry.relays(model_id):
         return None
     stream = bool(request.stream)
-    chat_request = to_chat_request(request, model_id, "sse" if stream else "json")
+    # ChatRequest.model is the provider's own name for it, which the registry would otherwise copy in.
+    chat_request = to_chat_request(request, upstream_model, "sse" if stream else "json")
     call = CompletionCall(state.usage, Caller(user, found), model_id, chat_request, state.idempotency, None)
     # The upstream names its model as it knows it; the client is answered with the name it asked for.
     renamed = (_model_field(upstream_model), _model_field(request.model))
