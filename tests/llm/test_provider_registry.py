@@ -195,6 +195,51 @@ async def test_no_fallback_for_the_requests_own_fault(registry: ProviderRegistry
     assert isinstance(error, ContextTooLong)
 
 
+class Recorded:
+    """An observer that keeps what the registry told it about each provider call."""
+
+    def __init__(self, calls: list[tuple[str, str, list[str], str | None]], provider: str, model: str) -> None:
+        self.entry: tuple[str, str, list[str], str | None] = (provider, model, [], None)
+        self.calls = calls
+        self.ended = False
+
+    def event(self, event: StreamEvent) -> None:
+        assert not self.ended
+        self.entry[2].append(type(event).__name__)
+
+    def end(self, error: BaseException | None = None) -> None:
+        assert not self.ended, "a call ends once"
+        self.ended = True
+        self.calls.append((*self.entry[:3], type(error).__name__ if error is not None else None))
+
+
+async def test_the_observer_sees_every_call_its_events_and_how_each_ended(registry: ProviderRegistry) -> None:
+    calls: list[tuple[str, str, list[str], str | None]] = []
+    registry.observe = lambda provider, model: Recorded(calls, provider, model)
+
+    events, error = await drain(registry.stream("openai/fail=500", chat("x")))
+    assert error is None
+    kinds = [type(event).__name__ for event in events]
+    assert calls == [
+        ("openai", "fail=500", [], "ProviderUnavailable"),
+        ("cohere", "fail=503", [], "ProviderUnavailable"),
+        ("anthropic", "tokens=3", kinds, None),
+    ]
+
+    calls.clear()
+    _, error = await drain(registry.stream("openai/tokens=6,cut_after=2", chat("x")))
+    assert isinstance(error, ProviderUnavailable)
+    assert [(provider, ended) for provider, _, _, ended in calls] == [("openai", "ProviderUnavailable")]
+
+    calls.clear()
+    stream = registry.stream("fast", chat("x"))
+    await anext(stream)
+    await stream.aclose()  # the consumer stopped reading after the first event
+    assert [(provider, seen, ended) for provider, _, seen, ended in calls] == [
+        ("anthropic", ["TextDelta"], "GeneratorExit")
+    ]
+
+
 async def test_unknown_and_unconfigured_models_fail_on_first_iteration(registry: ProviderRegistry) -> None:
     _, error = await drain(registry.stream("nope", chat("x")))
     assert isinstance(error, UnknownModel)

@@ -107,33 +107,32 @@ async def test_provider_calls_tokens_and_errors(ops_settings: Settings) -> None:
     assert PROVIDER_KEY not in scraped
 
 
-async def test_observer_passes_events_through_unchanged() -> None:
+def test_a_provider_call_counts_its_first_token_its_totals_and_how_it_ended() -> None:
     from chatstudio.llm.base import Finish, ProviderBusy, TextDelta, Usage
 
-    async def upstream() -> Any:
-        yield TextDelta("a")
-        yield TextDelta("b")
-        yield Usage(3, 2)
-        yield Finish("stop")
+    def calls(outcome: str) -> float:
+        return sample("chatstudio_provider_requests_total", provider="p", model="m", outcome=outcome)
 
-    seen = [event async for event in metrics.observe_provider_stream("p", "m", upstream())]
-    assert seen == [TextDelta("a"), TextDelta("b"), Usage(3, 2), Finish("stop")]
+    ttft = sample("chatstudio_provider_time_to_first_token_seconds_count", provider="p", model="m")
+    output = sample("chatstudio_provider_tokens_total", provider="p", model="m", direction="output")
+    ok, cancelled, failed = calls("ok"), calls("cancelled"), calls("error")
+    busy = sample("chatstudio_provider_errors_total", provider="p", model="m", code="provider_busy")
+    internal = sample("chatstudio_provider_errors_total", provider="p", model="m", code="internal")
 
-    async def failing() -> Any:
-        yield TextDelta("a")
-        raise ProviderBusy(provider="p")
+    call = metrics.ProviderCall("p", "m")
+    for event in (TextDelta("a"), TextDelta("b"), Usage(3, 2), Finish("stop")):
+        call.event(event)
+    call.end()
+    assert sample("chatstudio_provider_time_to_first_token_seconds_count", provider="p", model="m") == ttft + 1
+    assert sample("chatstudio_provider_tokens_total", provider="p", model="m", direction="output") == output + 2
+    assert calls("ok") == ok + 1
 
-    before = sample("chatstudio_provider_errors_total", provider="p", model="m", code="provider_busy")
-    got: list[Any] = []
-    try:
-        async for event in metrics.observe_provider_stream("p", "m", failing()):
-            got.append(event)
-    except ProviderBusy:
-        pass
-    else:
-        raise AssertionError("the error must reach the caller")
-    assert got == [TextDelta("a")]
-    assert sample("chatstudio_provider_errors_total", provider="p", model="m", code="provider_busy") == before + 1
+    metrics.ProviderCall("p", "m").end(ProviderBusy(provider="p"))
+    metrics.ProviderCall("p", "m").end(GeneratorExit())
+    metrics.ProviderCall("p", "m").end(RuntimeError("bug"))
+    assert sample("chatstudio_provider_errors_total", provider="p", model="m", code="provider_busy") == busy + 1
+    assert sample("chatstudio_provider_errors_total", provider="p", model="m", code="internal") == internal + 1
+    assert (calls("ok"), calls("cancelled"), calls("error")) == (ok + 1, cancelled + 1, failed + 2)
 
 
 async def test_rate_limit_rejections_are_counted(ops_settings: Settings) -> None:

@@ -15,6 +15,7 @@ import re
 import time
 from collections.abc import AsyncGenerator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from chatstudio.config import ConfigError, Settings
 from chatstudio.llm.anthropic import AnthropicProvider
@@ -67,7 +68,15 @@ KNOWN_CONTEXT_WINDOWS: tuple[tuple[str, int], ...] = (
 )
 
 
-StreamObserver = Callable[[str, str, AsyncGenerator[StreamEvent, None]], AsyncGenerator[StreamEvent, None]]
+class CallObserver(Protocol):
+    """One provider call as metrics see it (observability.metrics.ProviderCall)."""
+
+    def event(self, event: StreamEvent) -> None: ...
+
+    def end(self, error: BaseException | None = None) -> None: ...
+
+
+StreamObserver = Callable[[str, str], CallObserver]
 
 
 @dataclass(slots=True)
@@ -217,15 +226,20 @@ class ProviderRegistry:
             events = self.retry.stream(
                 functools.partial(provider.stream, attempt), provider=provider.name, deadline_at=deadline_at
             )
-            if self.observe is not None:
-                events = self.observe(provider.name, model, events)
+            call = self.observe(provider.name, model) if self.observe is not None else None
             try:
                 first = await anext(events)
             except StopAsyncIteration:
+                if call is not None:
+                    call.end()
                 self._record(provider.name, None)
                 return
-            except LLMError as error:
+            except BaseException as error:
                 await events.aclose()
+                if call is not None:
+                    call.end(error)
+                if not isinstance(error, LLMError):
+                    raise
                 self._record(provider.name, error)
                 if not (error.retryable or isinstance(error, ProviderAuthError)):
                     raise
@@ -234,15 +248,24 @@ class ProviderRegistry:
                 last_error = error
                 continue
             self._record(provider.name, None)
+            ended: BaseException | None = None
             try:
+                if call is not None:
+                    call.event(first)
                 yield first
                 async for event in events:
+                    if call is not None:
+                        call.event(event)
                     yield event
-            except LLMError as error:
-                self._record(provider.name, error)
+            except BaseException as error:
+                ended = error
+                if isinstance(error, LLMError):
+                    self._record(provider.name, error)
                 raise
             finally:
                 await events.aclose()
+                if call is not None:
+                    call.end(ended)
             return
         # Index 0 either raised or set last_error, so this fallback value is never used in practice.
         raise last_error or ProviderUnavailable(provider=primary.partition("/")[0])

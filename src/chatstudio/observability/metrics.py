@@ -17,7 +17,7 @@ import re
 import shutil
 import tempfile
 import time
-from collections.abc import AsyncGenerator, Callable, Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -113,41 +113,39 @@ def child(metric: Any, *values: str) -> Any:
     return found
 
 
-async def observe_provider_stream(
-    provider: str, model: str, events: AsyncGenerator[StreamEvent, None]
-) -> AsyncGenerator[StreamEvent, None]:
-    """Pass a provider's events through unchanged while timing and counting them.
+class ProviderCall:
+    """Times and counts one provider call. The registry hands it each event and then the call's end,
+    in line: a wrapping generator cost a frame per event and an extra close on every completion."""
 
-    The registry installs this around each provider call; it must never change what flows.
-    """
-    provider, model = label(provider), label(model)
-    started = time.perf_counter()
-    first = True
-    outcome = "ok"
-    try:
-        async for event in events:
-            if first and isinstance(event, TextDelta | WireChunk):
-                first = False
-                child(PROVIDER_TTFT, provider, model).observe(time.perf_counter() - started)
-            elif isinstance(event, Usage):
-                child(PROVIDER_TOKENS, provider, model, "input").inc(max(0, event.input_tokens))
-                child(PROVIDER_TOKENS, provider, model, "output").inc(max(0, event.output_tokens))
-            yield event
-    except LLMError as error:
-        outcome = "error"
-        child(PROVIDER_ERRORS, provider, model, label(error.code)).inc()
-        raise
-    except GeneratorExit:
-        outcome = "cancelled"  # the consumer stopped reading: a client left or a fallback took over
-        raise
-    except BaseException:
-        outcome = "error"
-        child(PROVIDER_ERRORS, provider, model, "internal").inc()
-        raise
-    finally:
-        await events.aclose()
+    __slots__ = ("_first", "_model", "_provider", "_started")
+
+    def __init__(self, provider: str, model: str) -> None:
+        self._provider, self._model = label(provider), label(model)
+        self._started = time.perf_counter()
+        self._first = True
+
+    def event(self, event: StreamEvent) -> None:
+        if self._first and isinstance(event, TextDelta | WireChunk):
+            self._first = False
+            child(PROVIDER_TTFT, self._provider, self._model).observe(time.perf_counter() - self._started)
+        elif isinstance(event, Usage):
+            child(PROVIDER_TOKENS, self._provider, self._model, "input").inc(max(0, event.input_tokens))
+            child(PROVIDER_TOKENS, self._provider, self._model, "output").inc(max(0, event.output_tokens))
+
+    def end(self, error: BaseException | None = None) -> None:
+        """`error`: what ended the call early. GeneratorExit means the consumer stopped reading (a
+        client left, or a fallback took over)."""
+        provider, model = self._provider, self._model
+        if error is None:
+            outcome = "ok"
+        elif isinstance(error, GeneratorExit):
+            outcome = "cancelled"
+        else:
+            outcome = "error"
+            code = label(error.code) if isinstance(error, LLMError) else "internal"
+            child(PROVIDER_ERRORS, provider, model, code).inc()
         child(PROVIDER_CALLS, provider, model, outcome).inc()
-        child(PROVIDER_LATENCY, provider, model).observe(time.perf_counter() - started)
+        child(PROVIDER_LATENCY, provider, model).observe(time.perf_counter() - self._started)
 
 
 def instrument_pool(engine: Any, capacity: int) -> None:

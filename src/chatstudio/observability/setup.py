@@ -67,7 +67,7 @@ def _wrap_lifespan(app: Any, settings: Any) -> None:
             state_obj.response_cache = ResponseCache(getattr(state_obj, "redis", None))
             registry = getattr(state_obj, "registry", None)
             if registry is not None:
-                registry.observe = metrics.observe_provider_stream
+                registry.observe = metrics.ProviderCall
             engine = getattr(state_obj, "engine", None)
             if engine is not None:
                 metrics.instrument_pool(engine, capacity)
