@@ -22,6 +22,9 @@ _BASE_HEADERS = [
     (b"cross-origin-opener-policy", b"same-origin"),
 ]
 _CSP = (b"content-security-policy", API_CSP.encode())
+# The common case, a response that set none of these itself, takes them all at once.
+_ALL_SECURITY = [*_BASE_HEADERS, _CSP]
+_SECURITY_NAMES = frozenset(name for name, _ in _ALL_SECURITY)
 _HSTS = (b"strict-transport-security", HSTS.encode())
 _BLOCKED_METHODS = frozenset({"TRACE", "TRACK", "CONNECT"})
 MAX_REMEMBERED_PEERS = 4096
@@ -100,13 +103,17 @@ def secure_headers(
 ) -> list[tuple[bytes, bytes]]:
     """A response's headers with the security headers added where the response set none of its own."""
     present = {name.lower() for name, _ in headers}
-    headers.extend(h for h in _BASE_HEADERS if h[0] not in present)
-    if b"content-security-policy" not in present:
-        headers.append(_CSP)
+    if authenticated and b"cache-control" in present:
+        headers = [h for h in headers if h[0].lower() != b"cache-control"]
+    if present.isdisjoint(_SECURITY_NAMES):
+        headers.extend(_ALL_SECURITY)
+    else:
+        headers.extend(h for h in _BASE_HEADERS if h[0] not in present)
+        if b"content-security-policy" not in present:
+            headers.append(_CSP)
     if authenticated:
         # Per-user answers must never be kept by a shared cache. One with an ETag may be kept
         # privately and revalidated (304); anything else is not stored at all.
-        headers = [h for h in headers if h[0].lower() != b"cache-control"]
         headers.append((b"cache-control", b"private, no-cache" if b"etag" in present else b"no-store"))
     if https:
         headers.append(_HSTS)

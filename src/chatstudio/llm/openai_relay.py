@@ -13,9 +13,10 @@ match JSON structure, never text the model wrote.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from typing import Any
+
+import orjson
 
 from chatstudio.llm.base import Finish, FinishReason, LLMError, StreamEvent, Usage, WireChunk
 from chatstudio.llm.http import error_from_kind, premature_end
@@ -126,7 +127,7 @@ class OpenAIStreamRelay:
 
     def _read(self, payload: bytes) -> bool:
         """Takes the finish reason and totals from one chunk; True for the totals-only chunk."""
-        chunk = json.loads(payload.decode())  # SSE is UTF-8: no encoding detection needed
+        chunk = orjson.loads(payload)
         if not isinstance(chunk, dict):
             raise ValueError("a stream chunk that is not an object")
         error = chunk.get("error")
@@ -163,7 +164,7 @@ def _event_end(buffer: bytes, position: int) -> int:
 
 def relay_json(provider: str, body: bytes, secrets: Sequence[str]) -> list[StreamEvent]:
     """A whole (non-streamed) chat.completion body: passed on as it is, with its usage and finish."""
-    parsed = json.loads(body)
+    parsed = orjson.loads(body)
     if not isinstance(parsed, dict):
         raise ValueError("a completion that is not an object")
     error = parsed.get("error")

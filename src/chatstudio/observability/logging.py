@@ -17,6 +17,8 @@ import traceback
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
+
 from chatstudio.observability.redaction import Redactor, secret_values
 
 ACCESS_LOGGER = "chatstudio.access"
@@ -54,11 +56,16 @@ class JsonFormatter(logging.Formatter):
                 entry[key] = value
         if record.exc_info:
             entry["exc"] = record.exc_text or "".join(traceback.format_exception(*record.exc_info))
+        return dumps_line(entry)
+
+
+def dumps_line(entry: dict[str, Any]) -> str:
+    """One log line's JSON. orjson writes it in a tenth of the standard encoder's time (a line is
+    written for every request); the standard one takes what orjson refuses (integers past 64 bits)."""
+    try:
+        return orjson.dumps(entry, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
+    except TypeError:
         return json.dumps(entry, ensure_ascii=False, default=str)
-
-
-# Built once: json.dumps with any option set builds a new encoder per call.
-_ENCODER = json.JSONEncoder(ensure_ascii=False, default=str)
 
 
 class AccessWriter:
@@ -131,7 +138,7 @@ class AccessWriter:
             **_context(),
             **fields,
         }
-        line = _ENCODER.encode(entry) + handler.terminator
+        line = dumps_line(entry) + handler.terminator
         try:
             with handler.lock:  # type: ignore[union-attr]  # created by Handler.__init__
                 handler.stream.write(line)

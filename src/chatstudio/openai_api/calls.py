@@ -4,13 +4,13 @@
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException
@@ -132,7 +132,7 @@ class CompletionCall:
 
 def parse_body(raw: bytes) -> tuple[dict[str, Any], CompletionRequest]:
     try:
-        payload = json.loads(raw)
+        payload = orjson.loads(raw)
     except ValueError:
         raise OpenAIError(400, "The body is not valid JSON.", code="invalid_json") from None
     if not isinstance(payload, dict):

@@ -181,7 +181,8 @@ async def _serve(
                 if event.usage is not None and not include_usage:
                     data = data[: event.usage[0]] + data[event.usage[1] :]
                 if rename:
-                    data = data.replace(upstream_model, client_model)
+                    # split+join: one scan of the slice; replace() scans it twice (count, then copy).
+                    data = client_model.join(data.split(upstream_model))
                 # The chunk with the upstream's end marker also ends the response: one write fewer.
                 finished = event.last
                 await send({"type": "http.response.body", "body": data, "more_body": not finished})
