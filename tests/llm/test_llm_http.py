@@ -18,7 +18,14 @@ from chatstudio.llm.base import (
     ProviderBusy,
     ProviderUnavailable,
 )
-from chatstudio.llm.http import SSEEvent, SSEReader, error_from_kind, error_from_status, parse_retry_after
+from chatstudio.llm.http import (
+    SSEEvent,
+    SSEReader,
+    encode_json,
+    error_from_kind,
+    error_from_status,
+    parse_retry_after,
+)
 
 
 async def events_of(*chunks: bytes) -> list[SSEEvent]:
@@ -99,3 +106,12 @@ def test_midstream_error_kinds() -> None:
     assert isinstance(error_from_kind("p", "authentication_error", "", ()), ProviderAuthError)
     message = error_from_kind("p", "invalid_request_error", "bad key sk-SECRET-123", ("sk-SECRET-123",)).message
     assert "sk-SECRET-123" not in message
+
+
+def test_request_bodies_are_json_even_where_the_fast_encoder_refuses() -> None:
+    assert json.loads(encode_json({"model": "m", "temperature": 0.5, "messages": [{"content": "é"}]})) == {
+        "model": "m",
+        "temperature": 0.5,
+        "messages": [{"content": "é"}],
+    }
+    assert json.loads(encode_json({"seed": 2**70})) == {"seed": 2**70}  # past 64 bits: orjson refuses

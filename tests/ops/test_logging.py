@@ -11,12 +11,12 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from chatstudio.config import Settings
-from chatstudio.observability.logging import JsonFormatter, RedactingFilter, logging_config
+from chatstudio.observability.logging import JsonFormatter, RedactingFilter, dumps_line, logging_config
 from chatstudio.observability.redaction import MASK, Redactor, secret_values
 from tests.chat.conftest import PROVIDER_KEY
 from tests.conftest import STRONG_PASSWORD, sign_up
@@ -252,3 +252,14 @@ def test_access_lines_needing_redaction_or_other_handlers_take_the_usual_path(op
     # Both handlers got the line written while two were installed.
     assert [e["path"] for e in lines(stream)][1:] == ["/plain?a=1"]
     assert [e["path"] for e in lines(extra)] == ["/plain?a=1"]
+
+
+def test_a_line_is_json_whatever_its_fields_hold() -> None:
+    odd = {3: "int key", "when": datetime(2026, 1, 2, tzinfo=UTC), "text": 'é\n"q"', "other": Path("/x")}
+    assert json.loads(dumps_line(odd)) == {
+        "3": "int key",
+        "when": "2026-01-02T00:00:00+00:00",
+        "text": 'é\n"q"',
+        "other": "/x",
+    }
+    assert json.loads(dumps_line({"big": 2**70, "text": "é"})) == {"big": 2**70, "text": "é"}

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any, Protocol
 
+import orjson
+
 from chatstudio.llm.base import (
     ContextTooLong,
     LLMError,
@@ -48,6 +50,15 @@ _CONTEXT_MARKERS = (
 _AUTH_KINDS = frozenset({"authentication_error", "permission_error", "invalid_api_key", "insufficient_quota"})
 _BUSY_KINDS = frozenset({"rate_limit_error", "rate_limit_exceeded", "requests", "tokens"})
 _BAD_REQUEST_KINDS = frozenset({"invalid_request_error", "not_found_error", "request_too_large", "invalid_request"})
+
+
+def encode_json(payload: Mapping[str, Any]) -> bytes:
+    """A request body. orjson is several times faster than the standard encoder on every call; the
+    standard one takes what orjson refuses (an integer past 64 bits, say a client's huge `seed`)."""
+    try:
+        return orjson.dumps(payload)
+    except TypeError:
+        return json.dumps(payload).encode()
 
 
 _STREAM_HEADERS = {"Content-Type": "application/json", "Accept": "text/event-stream"}
@@ -177,7 +188,7 @@ class HTTPClient:
         """`async with http.post(...) as response`: a 2xx response; anything else, and every transport
         failure or unreadable payload inside the block, is raised as the matching LLMError."""
         headers = _STREAM_HEADERS if stream else _JSON_HEADERS
-        return UpstreamCall(self, path, json.dumps(payload).encode(), headers)
+        return UpstreamCall(self, path, encode_json(payload), headers)
 
     async def get_json(self, path: str, params: Mapping[str, str] | None = None) -> Any:
         async with self.boundary():

@@ -54,13 +54,13 @@ class RetryPolicy:
         if deadline_at is None:
             deadline_at = self.clock() + self.deadline
         loop = asyncio.get_running_loop()
-        deadline = _Deadline(loop, loop.time() + deadline_at - self.clock())
+        deadline = _Deadline(loop, loop.time() + deadline_at - self.clock(), provider, self.deadline)
         try:
             attempt = 0
             while True:
                 events = start()
                 try:
-                    first = await self._next(deadline, events, provider)
+                    first = await deadline.next(events)
                 except LLMError as error:
                     await _close(events)
                     delay = self.delay(attempt, error, deadline_at)
@@ -78,24 +78,11 @@ class RetryPolicy:
                 event = first
                 while event is not None:
                     yield event
-                    event = await self._next(deadline, events, provider)
+                    event = await deadline.next(events)
             finally:
                 await _close(events)
         finally:
             deadline.cancel()
-
-    async def _next(
-        self, deadline: _Deadline, events: AsyncIterator[StreamEvent], provider: str | None
-    ) -> StreamEvent | None:
-        try:
-            return await deadline.next(events)
-        except StopAsyncIteration:
-            return None
-        except TimeoutError:
-            raise ProviderUnavailable(
-                message=f"{provider or 'The provider'} did not finish within the {self.deadline:g}s deadline.",
-                provider=provider,
-            ) from None
 
 
 class _Deadline:
@@ -106,12 +93,14 @@ class _Deadline:
     between events (its own writes to the client).
     """
 
-    __slots__ = ("_fired", "_handle", "_task", "expired")
+    __slots__ = ("_fired", "_handle", "_provider", "_seconds", "_task", "expired")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, when: float) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, when: float, provider: str | None, seconds: float) -> None:
         self.expired = False
         self._fired = False
         self._task: asyncio.Task[object] | None = None
+        self._provider = provider
+        self._seconds = seconds
         self._handle = loop.call_at(when, self._expire)
 
     def _expire(self) -> None:
@@ -120,19 +109,28 @@ class _Deadline:
             self._fired = True
             self._task.cancel()
 
-    async def next(self, events: AsyncIterator[StreamEvent]) -> StreamEvent:
+    async def next(self, events: AsyncIterator[StreamEvent]) -> StreamEvent | None:
+        """The next event, None at the end; ProviderUnavailable once the deadline has passed."""
         if self.expired:
-            raise TimeoutError
+            raise self._expired()
         task = self._task = asyncio.current_task()
         try:
             return await anext(events)
+        except StopAsyncIteration:
+            return None
         except asyncio.CancelledError:
             # Ours, and nobody else asked for cancellation too: it is the deadline, not a shutdown.
             if self._fired and task is not None and task.uncancel() == 0:
-                raise TimeoutError from None
+                raise self._expired() from None
             raise
         finally:
             self._task = None
+
+    def _expired(self) -> ProviderUnavailable:
+        return ProviderUnavailable(
+            message=f"{self._provider or 'The provider'} did not finish within the {self._seconds:g}s deadline.",
+            provider=self._provider,
+        )
 
     def cancel(self) -> None:
         self._handle.cancel()
