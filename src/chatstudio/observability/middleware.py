@@ -38,6 +38,8 @@ def route_of(scope: Scope) -> str:
     precedes the part its pattern matches in the actual path.
     """
     route = scope.get("route")
+    if type(route) is RouteLabel:  # its template is the whole path (and a getattr miss raises inside)
+        return route.path_format
     template = getattr(route, "path_format", None) or getattr(route, "path", None)
     if not template:
         return UNMATCHED
