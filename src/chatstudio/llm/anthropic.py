@@ -11,9 +11,10 @@ top-level `system` field and `max_tokens` required. The SSE stream is `message_s
 from __future__ import annotations
 
 import base64
-import json
 from collections.abc import AsyncGenerator, Iterable
 from typing import Any
+
+import orjson
 
 from chatstudio.llm.base import (
     ChatMessage,
@@ -116,7 +117,7 @@ class AnthropicProvider:
                 failure: Exception | None = None
                 for event in batch:
                     try:
-                        data = json.loads(event.data)
+                        data = orjson.loads(event.data)
                     except ValueError as exc:  # the text before it still goes on
                         failure = exc
                         break

@@ -10,9 +10,10 @@ The shapes match the installed SDK's `cohere.v2.types.V2ChatStreamResponse`.
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncGenerator, Iterable
 from typing import Any
+
+import orjson
 
 from chatstudio.llm.base import (
     ChatRequest,
@@ -90,7 +91,7 @@ class CohereProvider:
                         finished = True
                         break
                     try:
-                        data = json.loads(event.data)
+                        data = orjson.loads(event.data)
                     except ValueError as exc:  # the text before it still goes on
                         failure = exc
                         break

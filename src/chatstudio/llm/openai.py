@@ -9,9 +9,10 @@ https://platform.openai.com/docs/api-reference/chat-streaming — `POST {base}/c
 from __future__ import annotations
 
 import base64
-import json
 from collections.abc import AsyncGenerator, Callable, Iterable, Mapping
 from typing import Any
+
+import orjson
 
 from chatstudio.llm.base import (
     ChatMessage,
@@ -149,7 +150,7 @@ class OpenAIProvider:
                         done = True
                         break
                     try:
-                        chunk = json.loads(data)
+                        chunk = orjson.loads(data)
                     except ValueError as exc:  # the text before it still goes on
                         failure = exc
                         break
