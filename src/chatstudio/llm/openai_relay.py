@@ -40,14 +40,20 @@ def stream_error(provider: str, error: Any, secrets: Sequence[str]) -> LLMError:
     return error_from_kind(provider, "", str(error), secrets)
 
 
-def _boundary(buffer: bytes, end: int | None = None) -> int:
-    """The end of the last complete event in `buffer[:end]` (0 when there is none)."""
+def _has_cr(buffer: bytes) -> bool:
+    """Whether CRLF pairs need looking for at all. Most servers end lines with LF alone, and a search
+    for an absent CRLF pair scans the whole slice, while a lone byte's absence is found at memchr speed.
+    (find, not `in`: on bytes, `in` first tries its operand as an integer, and that failure costs
+    more than the search.)"""
+    return buffer.find(b"\r") >= 0
+
+
+def _boundary(buffer: bytes, crlf: bool, end: int | None = None) -> int:
+    """The end of the last complete event in `buffer[:end]` (0 when there is none); `crlf`: whether
+    `buffer` holds a CR at all (_has_cr)."""
     lf = buffer.rfind(b"\n\n", 0, end)
-    # Most servers end lines with LF alone; a search for an absent CRLF pair would scan the whole
-    # slice, while a lone byte's absence is found at memchr speed. (find, not `in`: on bytes, `in`
-    # first tries its operand as an integer, and that failure costs more than the search.)
-    crlf = buffer.rfind(b"\r\n\r\n", 0, end) if buffer.find(b"\r") >= 0 else -1
-    return max(lf + 2 if lf >= 0 else 0, crlf + 4 if crlf >= 0 else 0)
+    pair = buffer.rfind(b"\r\n\r\n", 0, end) if crlf else -1
+    return max(lf + 2 if lf >= 0 else 0, pair + 4 if pair >= 0 else 0)
 
 
 def _data(event: bytes) -> bytes:
@@ -76,21 +82,23 @@ class OpenAIStreamRelay:
 
     def feed(self, data: bytes) -> list[StreamEvent]:
         buffer = self._pending + data if self._pending else data
-        end = _boundary(buffer)
+        crlf = _has_cr(buffer)
+        end = _boundary(buffer, crlf)
         if end == 0:
             if len(buffer) > MAX_PENDING:
                 raise ValueError("an SSE event without an end")
             self._pending = buffer
             return []
         self._pending = buffer[end:]
-        return self._take(buffer[:end] if end < len(buffer) else buffer)
+        return self._take(buffer[:end] if end < len(buffer) else buffer, crlf)
 
     def end(self) -> list[StreamEvent]:
         """After the upstream closed: what was left, then Usage and Finish; raises if the reply was cut."""
         events: list[StreamEvent] = []
         if self._pending.strip():
             # Tolerate a last event whose trailing blank line never came.
-            events = self._take(self._pending + b"\n\n")
+            last = self._pending + b"\n\n"
+            events = self._take(last, _has_cr(last))
         self._pending = b""
         # A few compatible servers close without [DONE]; once the finish reason came, the reply is whole.
         if not self._done and self._finish is None:
@@ -102,8 +110,9 @@ class OpenAIStreamRelay:
         events.append(Finish(FINISH_REASONS.get(self._finish, "other") if self._finish else "stop"))
         return events
 
-    def _take(self, ready: bytes) -> list[StreamEvent]:
-        """One WireChunk for the slice; only its marked tail is parsed (see the module docstring)."""
+    def _take(self, ready: bytes, crlf: bool) -> list[StreamEvent]:
+        """One WireChunk for the slice; only its marked tail is parsed (see the module docstring).
+        `crlf`: whether the slice holds a CR at all (_has_cr), found once for all its searches."""
         done = _line_at(ready, ready.rfind(_DONE_LINE))
         self._done = self._done or done
         # Finish reason and totals come in the last events, so the search runs from the end. With one
@@ -113,9 +122,9 @@ class OpenAIStreamRelay:
         first = min((at for at in marks if at >= 0), default=-1)
         usage_span: tuple[int, int] | None = None
         if first >= 0:
-            position = _boundary(ready, first)
+            position = _boundary(ready, crlf, first)
             while position < len(ready):
-                end = _event_end(ready, position)
+                end = _event_end(ready, position, crlf)
                 payload = _data(ready[position:end])
                 if payload and payload != b"[DONE]" and self._read(payload):
                     usage_span = (position, end)
@@ -155,11 +164,11 @@ def _valued(buffer: bytes, at: int, length: int, opening: bytes) -> int:
     return at
 
 
-def _event_end(buffer: bytes, position: int) -> int:
+def _event_end(buffer: bytes, position: int, crlf: bool) -> int:
     """The end of the event starting at `position`, its blank line included."""
     lf = buffer.find(b"\n\n", position)
-    crlf = buffer.find(b"\r\n\r\n", position) if buffer.find(b"\r") >= 0 else -1
-    ends = [at + 2 for at in (lf,) if at >= 0] + [at + 4 for at in (crlf,) if at >= 0]
+    pair = buffer.find(b"\r\n\r\n", position) if crlf else -1
+    ends = [at + 2 for at in (lf,) if at >= 0] + [at + 4 for at in (pair,) if at >= 0]
     return min(ends) if ends else len(buffer)
 
 
