@@ -18,9 +18,12 @@ import statistics
 import subprocess
 import tempfile
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
-from bench import loadgen, procs, scenarios
+from bench import procs, scenarios
 from bench.__main__ import DEFAULT_ADMIN_URL, RESULTS, _admin, _url_for
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -68,15 +71,7 @@ async def load_in_turn(
     for round_index in range(rounds + 1):
         for name, server, target in servers if round_index % 2 else servers[::-1]:
             before = server.cpu_seconds()
-            result = await loadgen.run(
-                "127.0.0.1",
-                target.port,
-                target.request,
-                concurrency=concurrency,
-                duration=duration,
-                expect_tail=target.expect_tail,
-                expect_in_body=target.expect_in_body,
-            )
+            result = await scenarios.load(target, concurrency, duration)
             if result.errors:
                 raise RuntimeError(f"{name}: {result.errors} errors, first: {result.first_error}")
             if round_index:
@@ -86,36 +81,58 @@ async def load_in_turn(
     return figures
 
 
-async def compare(args: argparse.Namespace) -> dict[str, list[float]]:
+@dataclass(frozen=True)
+class Scratch:
+    cores: procs.Cores
+    logs: Path
+    work: Path
+    upstream_port: int
+    env: dict[str, str]  # a studio's environment: the migrated scratch database and the fake upstream
+
+
+@asynccontextmanager
+async def scratch(tool: str, postgres_url: str) -> AsyncIterator[Scratch]:
+    """What a side-by-side tool runs in: this process pinned to the load core, a log folder, a work
+    folder, the fake upstream, and a migrated scratch database, dropped at the end."""
     cores = procs.Cores.detect()
     cores.pin_self()
-    logs = RESULTS / f"ab-{time.strftime('%Y%m%dT%H%M%S')}-logs"
+    logs = RESULTS / f"{tool}-{time.strftime('%Y%m%dT%H%M%S')}-logs"
     logs.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix="chatstudio-ab-"))
-    base = work / "base"
-    _worktree(args.base, base)
+    work = Path(tempfile.mkdtemp(prefix=f"chatstudio-{tool}-"))
     upstream_port = procs.free_port()
     upstream = procs.fake_upstream(cores, upstream_port, logs)
-    database = f"chatstudio_ab_{int(time.time())}"
-    started: list[procs.Process] = []  # stopped at the end, also when one never became ready
-    servers: list[Server] = []
+    database = f"chatstudio_{tool}_{int(time.time())}"
     try:
         await upstream.wait_http(upstream_port, "/v1/models")
-        await _admin(args.postgres_url, f"CREATE DATABASE {database}")
-        env = scenarios.server_env(_url_for(args.postgres_url, database), upstream_port, work)
+        await _admin(postgres_url, f"CREATE DATABASE {database}")
+        env = scenarios.server_env(_url_for(postgres_url, database), upstream_port, work)
         procs.run_cli(["migrate"], env, cwd=work)
-        stream = args.scenario == "A"
-        # The baseline's package shadows this checkout's (PYTHONPATH comes before site-packages).
-        for name, extra in (("base", {"PYTHONPATH": str(base / "src")}), ("this", {})):
-            servers.append(await start_studio(cores, {**env, **extra}, logs, work, name, stream, started))
-        figures = await load_in_turn(servers, rounds=args.rounds, concurrency=args.concurrency, duration=args.duration)
-        return {name: cpu for name, (cpu, _) in figures.items()}
+        yield Scratch(cores, logs, work, upstream_port, env)
     finally:
-        for server in started:
-            server.stop()
         upstream.stop()
-        await _admin(args.postgres_url, f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
-        _drop_worktree(base)
+        await _admin(postgres_url, f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
+
+
+async def compare(args: argparse.Namespace) -> dict[str, list[float]]:
+    async with scratch("ab", args.postgres_url) as space:
+        base = space.work / "base"
+        _worktree(args.base, base)
+        started: list[procs.Process] = []  # stopped at the end, also when one never became ready
+        servers: list[Server] = []
+        try:
+            stream = args.scenario == "A"
+            # The baseline's package shadows this checkout's (PYTHONPATH comes before site-packages).
+            for name, extra in (("base", {"PYTHONPATH": str(base / "src")}), ("this", {})):
+                env = {**space.env, **extra}
+                servers.append(await start_studio(space.cores, env, space.logs, space.work, name, stream, started))
+            figures = await load_in_turn(
+                servers, rounds=args.rounds, concurrency=args.concurrency, duration=args.duration
+            )
+            return {name: cpu for name, (cpu, _) in figures.items()}
+        finally:
+            for server in started:
+                server.stop()
+            _drop_worktree(base)
 
 
 def main() -> None:

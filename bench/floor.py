@@ -21,13 +21,11 @@ import argparse
 import asyncio
 import statistics
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 from bench import loadgen, procs, scenarios
-from bench.__main__ import DEFAULT_ADMIN_URL, RESULTS, _admin, _url_for
-from bench.ab import Server, load_in_turn, start_studio
+from bench.__main__ import DEFAULT_ADMIN_URL
+from bench.ab import Server, load_in_turn, scratch, start_studio
 
 _UVICORN = ["-m", "uvicorn", "--no-server-header", "--no-access-log", "--log-level", "warning"]
 
@@ -38,45 +36,34 @@ def _bare(cores: procs.Cores, app: str, port: int, env: dict[str, str], logs: Pa
 
 
 async def measure(args: argparse.Namespace) -> dict[str, tuple[list[float], list[float]]]:
-    cores = procs.Cores.detect()
-    cores.pin_self()
-    logs = RESULTS / f"floor-{time.strftime('%Y%m%dT%H%M%S')}-logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix="chatstudio-floor-"))
-    stream = args.scenario == "A"
-    upstream_port = procs.free_port()
-    upstream = procs.fake_upstream(cores, upstream_port, logs)
-    database = f"chatstudio_floor_{int(time.time())}"
-    started: list[procs.Process] = []  # stopped at the end, also when one never became ready
-    servers: list[Server] = []
-    try:
-        await upstream.wait_http(upstream_port, "/v1/models")
-        direct = scenarios.direct(upstream_port, stream)
-        reply = await loadgen.fetch("127.0.0.1", upstream_port, direct.request(0, 0))
-        canned = work / "reply"
+    async with scratch("floor", args.postgres_url) as space:
+        stream = args.scenario == "A"
+        direct = scenarios.direct(space.upstream_port, stream)
+        reply = await loadgen.fetch("127.0.0.1", space.upstream_port, direct.request(0, 0))
+        canned = space.work / "reply"
         canned.write_bytes(reply.body)
-        await _admin(args.postgres_url, f"CREATE DATABASE {database}")
-        env = scenarios.server_env(_url_for(args.postgres_url, database), upstream_port, work)
-        procs.run_cli(["migrate"], env, cwd=work)
         bare_env = {
             "CANNED_FILE": str(canned),
-            "UPSTREAM_BASE": env["OPENAI_BASE_URL"],
-            "UPSTREAM_KEY": env["OPENAI_API_KEY"],
+            "UPSTREAM_BASE": space.env["OPENAI_BASE_URL"],
+            "UPSTREAM_KEY": space.env["OPENAI_API_KEY"],
         }
-        for app in ("canned", "relay"):
-            port = procs.free_port()
-            server = _bare(cores, app, port, bare_env, logs)
-            started.append(server)
-            await server.wait_http(port, "/")
-            target = scenarios.completion_target(app, port, "/v1/chat/completions", "gpt-bench", stream, None)
-            servers.append(("uvicorn" if app == "canned" else app, server, target))
-        servers.append(await start_studio(cores, env, logs, work, "studio", stream, started))
-        return await load_in_turn(servers, rounds=args.rounds, concurrency=args.concurrency, duration=args.duration)
-    finally:
-        for server in started:
-            server.stop()
-        upstream.stop()
-        await _admin(args.postgres_url, f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
+        started: list[procs.Process] = []  # stopped at the end, also when one never became ready
+        servers: list[Server] = []
+        try:
+            for app in ("canned", "relay"):
+                port = procs.free_port()
+                server = _bare(space.cores, app, port, bare_env, space.logs)
+                started.append(server)
+                await server.wait_http(port, "/")
+                target = scenarios.completion_target(app, port, "/v1/chat/completions", "gpt-bench", stream, None)
+                servers.append(("uvicorn" if app == "canned" else app, server, target))
+            servers.append(
+                await start_studio(space.cores, space.env, space.logs, space.work, "studio", stream, started)
+            )
+            return await load_in_turn(servers, rounds=args.rounds, concurrency=args.concurrency, duration=args.duration)
+        finally:
+            for server in started:
+                server.stop()
 
 
 def main() -> None:

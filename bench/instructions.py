@@ -18,13 +18,12 @@ import argparse
 import asyncio
 import shutil
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 
 from bench import loadgen, procs, scenarios
-from bench.__main__ import DEFAULT_ADMIN_URL, RESULTS, _admin, _url_for
-from bench.ab import _drop_worktree, _worktree
+from bench.__main__ import DEFAULT_ADMIN_URL
+from bench.ab import _drop_worktree, _worktree, scratch
 
 WARM_UP = 300
 LEDGER_FLUSH = 2.5  # seconds: longer than the ledger's default flush interval
@@ -106,32 +105,22 @@ async def measure(name: str, env: dict[str, str], args: argparse.Namespace, logs
 async def run(args: argparse.Namespace) -> None:
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
         raise SystemExit("valgrind (with callgrind_control) is needed: apt-get install valgrind")
-    cores = procs.Cores.detect()
-    logs = RESULTS / f"instructions-{time.strftime('%Y%m%dT%H%M%S')}-logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix="chatstudio-instructions-"))
-    upstream_port = procs.free_port()
-    upstream = procs.fake_upstream(cores, upstream_port, logs)
-    database = f"chatstudio_instructions_{int(time.time())}"
-    base = work / "base"
-    try:
-        await upstream.wait_http(upstream_port, "/v1/models")
-        await _admin(args.postgres_url, f"CREATE DATABASE {database}")
-        env = scenarios.server_env(_url_for(args.postgres_url, database), upstream_port, work)
-        procs.run_cli(["migrate"], env, cwd=work)
+    async with scratch("instructions", args.postgres_url) as space:
         figures: dict[str, float] = {}
+        base = space.work / "base"
         if args.base:
             _worktree(args.base, base)
-            figures["base"] = await measure("base", {**env, "PYTHONPATH": str(base / "src")}, args, logs, work)
-        figures["this"] = await measure("this", env, args, logs, work)
+        try:
+            if args.base:
+                env = {**space.env, "PYTHONPATH": str(base / "src")}
+                figures["base"] = await measure("base", env, args, space.logs, space.work)
+            figures["this"] = await measure("this", space.env, args, space.logs, space.work)
+        finally:
+            if args.base:
+                _drop_worktree(base)
         if args.base:
             print(f"this/base: {figures['this'] / figures['base']:.3f}")
-        print(f"dumps in {logs}")
-    finally:
-        upstream.stop()
-        await _admin(args.postgres_url, f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
-        if args.base:
-            _drop_worktree(base)
+        print(f"dumps in {space.logs}")
 
 
 def main() -> None:

@@ -117,6 +117,19 @@ def direct(upstream_port: int, stream: bool) -> Target:
     return completion_target("direct", upstream_port, path, "gpt-bench", stream, "sk-bench-upstream")
 
 
+async def load(target: Target, concurrency: int, duration: float) -> Result:
+    """`target` loaded by `concurrency` connections for `duration` seconds, its answers checked."""
+    return await loadgen.run(
+        "127.0.0.1",
+        target.port,
+        target.request,
+        concurrency=concurrency,
+        duration=duration,
+        expect_tail=target.expect_tail,
+        expect_in_body=target.expect_in_body,
+    )
+
+
 async def interleave(
     targets: list[Target], concurrencies: tuple[int, ...], rounds: int, duration: float
 ) -> dict[tuple[str, int], Result]:
@@ -126,15 +139,7 @@ async def interleave(
             shift = round_index % len(targets)
             for target in targets[shift:] + targets[:shift]:
                 cpu_before = target.cpu() if target.cpu else 0.0
-                result = await loadgen.run(
-                    "127.0.0.1",
-                    target.port,
-                    target.request,
-                    concurrency=concurrency,
-                    duration=duration,
-                    expect_tail=target.expect_tail,
-                    expect_in_body=target.expect_in_body,
-                )
+                result = await load(target, concurrency, duration)
                 if target.cpu:
                     result.server_cpu_seconds = target.cpu() - cpu_before
                 merged.setdefault((target.name, concurrency), Result()).merge(result)
