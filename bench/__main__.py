@@ -31,7 +31,9 @@ from bench.dataset import asyncpg_dsn
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DEFAULT_ADMIN_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
-DATA_DATABASE = "chatstudio_bench_data"
+# v2: messages written in time order (v1 wrote whole conversations in random time order); a v1
+# corpus is never reused for v2 figures.
+DATA_DATABASE = "chatstudio_bench_data_v2"
 ALL = ("A", "B", "C", "D", "memory", "data")
 
 

@@ -3,11 +3,14 @@
 The text is synthetic but shaped like chat: words drawn from a 20,000-word vocabulary with a Zipf
 distribution (a few very common words, a long tail of rare ones), short user messages and longer
 replies. Ids are uuid7 minted from the synthetic times, so every ordering matches what the API
-would have produced live. Search queries are drawn from fixed frequency bands of that vocabulary.
+would have produced live, and messages are written in that order too, so the table's physical order
+follows time as a live table's does (conversations overlapping in time interleave). Search queries
+are drawn from fixed frequency bands of that vocabulary.
 """
 
 from __future__ import annotations
 
+import heapq
 import itertools
 import random
 import uuid
@@ -106,27 +109,31 @@ async def load(url: str, user_id: uuid.UUID, *, conversations: int, messages: in
         )
         starts.append((cid, began, length))
 
+    def conversation_messages(cid: uuid.UUID, began: datetime, length: int) -> Iterator[tuple[Any, ...]]:
+        parent: uuid.UUID | None = None
+        for index in range(length):
+            at = began + timedelta(seconds=30 * index)
+            mid = uuid7_at(at, rng)
+            assistant = index % 2 == 1
+            content = text(ASSISTANT_WORDS if assistant else USER_WORDS)
+            yield (
+                mid,
+                cid,
+                user_id,
+                parent,
+                "assistant" if assistant else "user",
+                content,
+                "completed",
+                "openai/gpt-bench" if assistant else None,
+                at,
+                at,
+            )
+            parent = mid
+
     def message_rows() -> Iterator[tuple[Any, ...]]:
-        for cid, began, length in starts:
-            parent: uuid.UUID | None = None
-            for index in range(length):
-                at = began + timedelta(seconds=30 * index)
-                mid = uuid7_at(at, rng)
-                assistant = index % 2 == 1
-                content = text(ASSISTANT_WORDS if assistant else USER_WORDS)
-                yield (
-                    mid,
-                    cid,
-                    user_id,
-                    parent,
-                    "assistant" if assistant else "user",
-                    content,
-                    "completed",
-                    "openai/gpt-bench" if assistant else None,
-                    at,
-                    at,
-                )
-                parent = mid
+        # In the order they were written, as a live table receives them: the heap's order follows
+        # time (and id), with the conversations that overlap in time interleaved.
+        return heapq.merge(*(conversation_messages(*start) for start in starts), key=lambda row: row[0])
 
     connection = await asyncpg.connect(asyncpg_dsn(url))
     try:
