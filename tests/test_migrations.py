@@ -25,8 +25,9 @@ async def _inspect(url: str, fn: Any) -> Any:
 
 
 def _not_full_text(obj: Any, name: str | None, type_: str, reflected: bool, compare_to: Any) -> bool:
-    # The full-text indexes and SQLite's FTS5 tables live in the migrations only (see 0002).
-    return "_fts" not in (name or "")
+    # The full-text indexes and SQLite's FTS5 tables (0002) and PostgreSQL's BRIN index for the
+    # relevance window (0006) live in the migrations only.
+    return "_fts" not in (name or "") and name != "ix_message_id_brin"
 
 
 def _diff(connection: Any) -> list[Any]:

@@ -1,7 +1,9 @@
-"""Rare terms to the GIN index, common ones checked on the rows found: the estimates and the query."""
+"""Rare terms to the GIN index, common ones checked on the rows found; the recent bound of the
+relevance window: the estimates and the query."""
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 import httpx
@@ -9,7 +11,7 @@ import pytest
 from sqlalchemy import event, text
 
 from chatstudio.search import pg_terms
-from chatstudio.search.pg_terms import TermFrequencies
+from chatstudio.search.pg_terms import MessageLayout, TermFrequencies
 from tests.conftest import SignedIn
 from tests.search.test_search import add_messages, conversation, search
 
@@ -82,3 +84,35 @@ async def test_a_common_term_is_checked_on_the_rows_the_rare_one_found(
         values = list(parameters.values()) if isinstance(parameters, dict) else list(parameters)
         assert "'zephyr':*" in values  # what the index is asked
         assert "'gad':* & 'zephyr':*" in values  # what each row is checked against
+
+
+def layout(owner_share: float = 1.0) -> MessageLayout:
+    # 1,000,000 rows; 11 bounds = 10 buckets of 100,000 rows, oldest first.
+    bounds = tuple(uuid.UUID(int=index) for index in range(11))
+    return MessageLayout(1_000_000.0, bounds, {OWNER: owner_share})
+
+
+OWNER = uuid.UUID(int=42)
+
+
+def test_the_recent_bound_covers_the_margin_of_the_matches_wanted() -> None:
+    # A term in 2% of rows: 1,000 matches need 50,000 rows, twice that is 1 bucket.
+    assert layout().recent_bound(OWNER, 0.02, 1000) == uuid.UUID(int=9)
+    # The owner holds a fifth of the table: five times the rows, 5 buckets, half the owner's rows.
+    assert layout(0.2).recent_bound(OWNER, 0.02, 1000) is None
+    assert layout(0.5).recent_bound(OWNER, 0.02, 1000) == uuid.UUID(int=8)
+    # Part of a bucket is a whole bucket: the range is never narrower than estimated.
+    assert layout().recent_bound(OWNER, 0.015, 1000) == uuid.UUID(int=8)
+
+
+def test_no_recent_bound_where_it_would_not_pay_or_cannot_be_estimated() -> None:
+    assert layout().recent_bound(OWNER, 0.002, 1000) is None  # rare: the range would be everything
+    assert layout().recent_bound(OWNER, 0.10, 1000) is None  # common: the newest 10,000 hold them
+    assert layout().recent_bound(uuid.UUID(int=7), 0.02, 1000) is None  # not among the heavy owners
+    assert layout().recent_bound(OWNER, 0.0, 1000) is None
+    assert MessageLayout().recent_bound(OWNER, 0.02, 1000) is None
+
+
+def test_terms_together_are_estimated_as_independent() -> None:
+    assert STATS.share_of_all(["gou", "leaf"]) == pytest.approx(0.6 * 0.004)
+    assert TermFrequencies().share_of_all(["gou"]) == 0.0

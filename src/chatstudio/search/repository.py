@@ -10,6 +10,7 @@ pg_terms, which reads PostgreSQL's statistics of the searched columns).
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from typing import Any, TypeAlias
 
 from sqlalchemy import (
     Boolean,
+    CompoundSelect,
     Float,
     Select,
     and_,
@@ -37,7 +39,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.elements import ColumnElement
 
 from chatstudio.chat.models import Conversation, Message
-from chatstudio.search.pg_terms import TermFrequencies, term_frequencies
+from chatstudio.search.pg_terms import MessageLayout, TermFrequencies, message_layout, term_frequencies
 from chatstudio.search.schemas import Sort
 from chatstudio.search.text import MARK_END, MARK_START, SNIPPET_CHARS, Range, highlight, unmark
 
@@ -88,6 +90,8 @@ class _Branch:
     # of fetching its rows a second time by id to score them.
     scored_column: ColumnElement[Any] | None = None
     score: Callable[[ColumnElement[Any]], ColumnElement[float]] | None = None
+    # Ids from here on are expected to hold the whole relevance window (pg_terms.MessageLayout).
+    recent_from: uuid.UUID | None = None
 
 
 async def search(
@@ -112,6 +116,7 @@ async def search(
             terms,
             messages=await term_frequencies(session, "message", "content_fts"),
             titles=await term_frequencies(session, "conversation", "title_fts"),
+            layout=await message_layout(session) if sort is Sort.RELEVANCE else MessageLayout(),
         )
     elif dialect == "sqlite":
         engine = _Sqlite(terms)
@@ -196,10 +201,26 @@ def _relevance_window(branch: _Branch) -> tuple[_Query, ColumnElement[uuid.UUID]
     """The branch's newest RELEVANCE_WINDOW matches as (query, its id column, its score)."""
     newest = branch.query.order_by(branch.id.desc()).limit(RELEVANCE_WINDOW)
     if branch.scored_column is not None and branch.score is not None:
-        window = newest.with_only_columns(branch.id.label("id"), branch.scored_column.label("scored")).subquery()
+        scored = newest.with_only_columns(branch.id.label("id"), branch.scored_column.label("scored"))
+        window = (
+            scored.subquery()
+            if branch.recent_from is None
+            else _recent_first(scored, branch.id >= branch.recent_from).subquery()
+        )
         return select(window.c.id), window.c.id, branch.score(window.c.scored)
     ids = select(newest.with_only_columns(branch.id).subquery().c[0])
     return branch.query.where(branch.id.in_(ids)), branch.id, branch.rank
+
+
+def _recent_first(window: _Query, recent: ColumnElement[bool]) -> CompoundSelect[Any]:
+    """`window` taken from the `recent` rows alone when they hold all of it, else from every row.
+    PostgreSQL runs the second branch only when the first found too few (a one-time filter)."""
+    from_recent = window.where(recent).cte("recent_window")
+    found = select(func.count()).select_from(from_recent).scalar_subquery()
+    return union_all(
+        select(from_recent).where(found >= RELEVANCE_WINDOW),
+        select(window.subquery()).where(found < RELEVANCE_WINDOW),
+    )
 
 
 class _Engine:
@@ -269,9 +290,12 @@ class _Postgres(_Engine):
     Only the rare terms of a query go to the index (pg_terms): a common prefix is checked on the
     rows the rare ones found instead of being expanded in GIN."""
 
-    def __init__(self, terms: Sequence[str], *, messages: TermFrequencies, titles: TermFrequencies) -> None:
+    def __init__(
+        self, terms: Sequence[str], *, messages: TermFrequencies, titles: TermFrequencies, layout: MessageLayout
+    ) -> None:
         super().__init__(terms)
         self.frequencies = {"message": messages, "conversation": titles}
+        self.layout = layout
 
     def _query(self, terms: Sequence[str] | None = None) -> ColumnElement[Any]:
         # Every term is letters and digits only (text.terms_of), so quoting it is enough.
@@ -293,7 +317,10 @@ class _Postgres(_Engine):
         return _Branch(select(key).where(owner == user_id, *match), score(stored), key, stored, score)
 
     def messages(self, user_id: uuid.UUID) -> _Branch:
-        return self._branch(Message.id, Message.user_id, "message.content_fts", user_id)
+        branch = self._branch(Message.id, Message.user_id, "message.content_fts", user_id)
+        share = self.frequencies["message"].share_of_all(self.terms)
+        bound = self.layout.recent_bound(user_id, share, RELEVANCE_WINDOW)
+        return branch if bound is None else dataclasses.replace(branch, recent_from=bound)
 
     def titles(self, user_id: uuid.UUID) -> _Branch:
         return self._branch(Conversation.id, Conversation.user_id, "conversation.title_fts", user_id)
