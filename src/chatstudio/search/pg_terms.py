@@ -3,7 +3,7 @@
 A GIN index answers `a:* & b:*` by expanding every prefix into the union of all its words' posting
 lists before intersecting them; a short, common prefix ("gou:*") costs tens of milliseconds there even
 when the other term is rare. Knowing which terms are rare lets the repository ask the index for those
-only and check the common ones on the few rows found (search.repository._Postgres).
+only and check the common ones on the few rows found (search.dialects.Postgres).
 
 The figures are `pg_stats.most_common_elems` (written by ANALYZE / autovacuum), read once per
 STATS_TTL_SECONDS per process: a dictionary look-up per search, no query.
