@@ -55,8 +55,9 @@ async def test_a_page_cost_the_operator_chose_is_kept(app: Any, kettles: uuid.UU
 
 
 async def relevance_with_statements(
-    client: httpx.AsyncClient, app: Any, user: SignedIn, q: str
+    client: httpx.AsyncClient, app: Any, user: SignedIn, q: str, page_size: int = 100
 ) -> tuple[list[str | None], list[str]]:
+    """Every relevance hit for `q`, page after page, and the statements that found them."""
     async with app.state.engine.begin() as conn:
         await conn.execute(text("ANALYZE message"))
     pg_terms.forget()
@@ -66,12 +67,21 @@ async def relevance_with_statements(
         statements.append(statement)
 
     event.listen(app.state.engine.sync_engine, "before_cursor_execute", capture)
+    hits: list[str | None] = []
     try:
-        hits = (await search(client, user, q, sort="relevance", limit=100))["items"]
+        cursor = None
+        while True:
+            params: dict[str, Any] = {"sort": "relevance", "limit": page_size}
+            if cursor:
+                params["cursor"] = cursor
+            page = await search(client, user, q, **params)
+            hits += [hit["message_id"] for hit in page["items"]]
+            cursor = page["next_cursor"]
+            if cursor is None:
+                return hits, statements
     finally:
         event.remove(app.state.engine.sync_engine, "before_cursor_execute", capture)
         pg_terms.forget()
-    return [hit["message_id"] for hit in hits], statements
 
 
 @pytest.mark.parametrize("matches_at", ["spread", "oldest only"])
@@ -95,6 +105,8 @@ async def test_the_relevance_window_is_the_newest_matches_whether_or_not_the_rec
     hits, statements = await relevance_with_statements(client, app, alice, "kettle")
     assert any("recent_window" in statement for statement in statements), "no recent bound was applied"
     assert set(hits) == set(newest_three)
+    # Page by page (the keyset applies on top of the bounded window) the same hits in the same order.
+    assert (await relevance_with_statements(client, app, alice, "kettle", page_size=1))[0] == hits
     # The same page as without any bound, order included.
     monkeypatch.setattr(pg_terms.MessageLayout, "recent_bound", lambda *_: None)
     exact, statements = await relevance_with_statements(client, app, alice, "kettle")
