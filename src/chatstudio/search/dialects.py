@@ -32,8 +32,6 @@ class Branch:
     # of fetching its rows a second time by id to score them.
     scored_column: ColumnElement[Any] | None = None
     score: Callable[[ColumnElement[Any]], ColumnElement[float]] | None = None
-    # Ids from here on are expected to hold the whole relevance window (Engine.recent_from).
-    recent_from: uuid.UUID | None = None
 
 
 class Engine:
@@ -83,7 +81,7 @@ def _owned_titles(user_id: uuid.UUID, ids: list[uuid.UUID]) -> Query:
     )
 
 
-# Planner settings for this transaction's search statements (see search()). random_page_cost: the
+# Planner settings for this transaction's search statements (see engine_for()). random_page_cost: the
 # default (4) prices a page out of order as four read in order, as on a spinning disk; on SSD or
 # cache, where a database of this size lives, that sent a word in 0.7% of messages down a 133,000-row
 # walk of the newest messages (160 ms) instead of to its 7,000 matches (30 ms). A value an operator

@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -121,9 +120,9 @@ async def _rank(
         if relevance:
             # Score only the newest RELEVANCE_WINDOW matches: a word found in 300,000 messages would
             # otherwise be scored 300,000 times per page. Below that many matches this is exact.
-            if not title_hit:  # where the engine can tell where they begin, look there first
-                branch = dataclasses.replace(branch, recent_from=engine.recent_from(user_id, RELEVANCE_WINDOW))
-            query, key, rank = _relevance_window(branch)
+            # Where the engine can tell where a user's newest message matches begin, look there first.
+            recent_from = None if title_hit else engine.recent_from(user_id, RELEVANCE_WINDOW)
+            query, key, rank = _relevance_window(branch, recent_from)
             if after is not None:
                 query = query.where(or_(rank < after.rank, and_(rank == after.rank, key < after.id)))
             order: tuple[Any, ...] = (rank.desc(), key.desc())
@@ -146,15 +145,16 @@ async def _rank(
     return [_Ranked(row.id, bool(row.title_hit), float(row.rank)) for row in rows]
 
 
-def _relevance_window(branch: Branch) -> tuple[Query, ColumnElement[uuid.UUID], ColumnElement[Any]]:
-    """The branch's newest RELEVANCE_WINDOW matches as (query, its id column, its score)."""
+def _relevance_window(
+    branch: Branch, recent_from: uuid.UUID | None
+) -> tuple[Query, ColumnElement[uuid.UUID], ColumnElement[Any]]:
+    """The branch's newest RELEVANCE_WINDOW matches as (query, its id column, its score); read from
+    ids from `recent_from` on when those hold them all."""
     newest = branch.query.order_by(branch.id.desc()).limit(RELEVANCE_WINDOW)
     if branch.scored_column is not None and branch.score is not None:
         scored = newest.with_only_columns(branch.id.label("id"), branch.scored_column.label("scored"))
         window = (
-            scored.subquery()
-            if branch.recent_from is None
-            else _recent_first(scored, branch.id >= branch.recent_from).subquery()
+            scored.subquery() if recent_from is None else _recent_first(scored, branch.id >= recent_from).subquery()
         )
         return select(window.c.id), window.c.id, branch.score(window.c.scored)
     ids = select(newest.with_only_columns(branch.id).subquery().c[0])
