@@ -9,6 +9,7 @@ import pytest
 from sqlalchemy import func, select
 
 from chatstudio.chat.models import Conversation, Message, MessageRole
+from chatstudio.pagination import encode_cursor
 from tests.conftest import SignedIn
 
 BASE = "/api/v1/conversations"
@@ -252,6 +253,55 @@ async def test_another_users_conversation_is_404_for_every_verb(
     assert owner_view["title"] == "Private"
     assert len((await client.get(f"{BASE}/{conversation['id']}/messages", headers=alice.headers)).json()["items"]) == 2
     assert (await client.get(BASE, headers=bob.headers)).json()["items"] == []
+
+
+async def test_message_pages_check_the_owner_in_the_page_query(
+    client: httpx.AsyncClient, alice: SignedIn, bob: SignedIn, app: Any
+) -> None:
+    """A page with messages is one statement (filtered by owner); only an empty page asks whether the
+    conversation exists, so an empty conversation and a page past the end are 200, a stranger's 404."""
+    from sqlalchemy import event
+
+    full = await create(client, alice)
+    await _add_messages(app, full["id"], alice.id, 3)
+    empty = await create(client, alice)
+    statements: list[str] = []
+
+    def capture(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        if "FROM message" in statement or "FROM conversation" in statement:
+            statements.append(statement)
+
+    event.listen(app.state.engine.sync_engine, "before_cursor_execute", capture)
+    try:
+        page = await client.get(f"{BASE}/{full['id']}/messages", params={"limit": 2}, headers=alice.headers)
+        page_statements = list(statements)
+        statements.clear()
+        last = await client.get(
+            f"{BASE}/{full['id']}/messages", params={"cursor": page.json()["next_cursor"]}, headers=alice.headers
+        )
+        past_end = await client.get(
+            f"{BASE}/{full['id']}/messages",
+            params={"cursor": encode_cursor(uuid.UUID(last.json()["items"][-1]["id"]))},
+            headers=alice.headers,
+        )
+        past_end_statements = list(statements)
+    finally:
+        event.remove(app.state.engine.sync_engine, "before_cursor_execute", capture)
+    assert page.status_code == 200
+    assert len(page.json()["items"]) == 2
+    assert len(page_statements) == 1
+    assert "FROM message" in page_statements[0]
+    assert [m["content"] for m in last.json()["items"]] == ["message 2 ✓ 🚀"]
+    assert past_end.status_code == 200
+    assert past_end.json() == {"items": [], "next_cursor": None}
+    assert any("FROM conversation" in statement for statement in past_end_statements)
+    listed = await client.get(f"{BASE}/{empty['id']}/messages", headers=alice.headers)
+    assert listed.status_code == 200
+    assert listed.json()["items"] == []
+    for target in (full["id"], empty["id"]):
+        refused = await client.get(f"{BASE}/{target}/messages", headers=bob.headers)
+        assert refused.status_code == 404
+        assert refused.json()["error"]["code"] == "conversation_not_found"
 
 
 async def test_malformed_id_is_422(client: httpx.AsyncClient, alice: SignedIn) -> None:

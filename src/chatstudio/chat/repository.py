@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Table, and_, delete, insert, or_, select, update
+from sqlalchemy import Row, Table, and_, delete, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from chatstudio.chat.history import StoredTurn, branch
@@ -115,13 +116,17 @@ class MessageRepository:
         *,
         limit: int,
         after: uuid.UUID | None = None,
-    ) -> list[Message]:
-        """Oldest first; ids are time-ordered (uuid7), so the id alone is the keyset."""
-        query = select(Message).where(Message.conversation_id == conversation_id, Message.user_id == user_id)
+    ) -> Sequence[Row[Any]]:
+        """Oldest first; ids are time-ordered (uuid7), so the id alone is the keyset.
+
+        Plain rows with the message's columns as attributes, not ORM objects: a page is only read
+        and serialized, and building and tracking fifty mapped objects cost more than its query."""
+        table = _MESSAGE_TABLE
+        query = select(table).where(table.c.conversation_id == conversation_id, table.c.user_id == user_id)
         if after is not None:
-            query = query.where(Message.id > after)
-        query = query.order_by(Message.id).limit(limit)
-        return list((await self.session.execute(query)).scalars())
+            query = query.where(table.c.id > after)
+        query = query.order_by(table.c.id).limit(limit)
+        return (await self.session.execute(query)).all()
 
     async def branch_owned(self, conversation_id: uuid.UUID, user_id: uuid.UUID) -> ConversationTree:
         """The reply tree's text columns, for building a prompt (served by ix_message_conversation_page)."""

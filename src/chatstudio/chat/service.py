@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy import Row
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from chatstudio.chat.models import Conversation, Message
+from chatstudio.chat.models import Conversation
 from chatstudio.chat.repository import ConversationRepository, MessageRepository
 from chatstudio.chat.schemas import ChatParams, ConversationCreate, ConversationUpdate
 from chatstudio.db import utcnow
@@ -107,10 +109,13 @@ class ConversationService:
         *,
         limit: int,
         cursor: str | None,
-    ) -> tuple[list[Message], str | None]:
-        await self.get(user_id, conversation_id)
+    ) -> tuple[Sequence[Row[Any]], str | None]:
         after = decode_cursor(cursor, uuid.UUID)[0] if cursor else None
         rows = await self.messages.list_owned(conversation_id, user_id, limit=limit + 1, after=after)
+        if not rows:
+            # Only an empty page needs to tell a conversation without messages from a missing one
+            # (or another user's): the page query itself is filtered by owner.
+            await self.get(user_id, conversation_id)
         next_cursor = None
         if len(rows) > limit:
             rows = rows[:limit]
