@@ -191,6 +191,32 @@ async def test_another_users_messages_never_appear(client: httpx.AsyncClient, ap
     assert all("blue" not in hit["snippet"] for hit in bob_hits)
 
 
+@pytest.mark.parametrize("sort", ["relevance", "recent"])
+async def test_searches_of_one_shape_share_only_the_statement(
+    client: httpx.AsyncClient, app: Any, alice: SignedIn, sort: str
+) -> None:
+    """Statements are built once per shape (sort, page size, paged or not) and reused; each search
+    still gets its own user, words and position."""
+    bob = await sign_up(client, "bob@example.com")
+    mine = await conversation(client, alice, "Notes")
+    theirs = await conversation(client, bob, "Notes")
+    [blue] = await add_messages(app, alice, mine, "the secret is blue")
+    red, green = await add_messages(app, bob, theirs, "the secret is red", "a green secret garden")
+
+    def ids(page: dict[str, Any]) -> list[str | None]:
+        return [hit["message_id"] for hit in page["items"]]
+
+    assert ids(await search(client, alice, "secret", sort=sort, limit=1)) == [blue]
+    first = await search(client, bob, "secret", sort=sort, limit=1)
+    second = await search(client, bob, "secret", sort=sort, limit=1, cursor=first["next_cursor"])
+    assert sorted(ids(first) + ids(second)) == sorted([red, green])
+    # A position is only a position: from another user's page on, alice still sees only her own.
+    assert set(ids(await search(client, alice, "secret", sort=sort, limit=1, cursor=first["next_cursor"]))) <= {blue}
+    assert ids(await search(client, bob, "garden", sort=sort, limit=1)) == [green]
+    assert ids(await search(client, alice, "garden", sort=sort, limit=1)) == []
+    assert ids(await search(client, alice, "blue", sort=sort, limit=1)) == [blue]
+
+
 INJECTIONS = [
     '"',
     "'",

@@ -1,17 +1,37 @@
 """Each database's full-text dialect: how to match, score and highlight. The repository runs the
 same two steps on all of them; only this module (with pg_terms, which reads PostgreSQL's statistics
-of the searched columns) speaks a dialect."""
+of the searched columns) speaks a dialect.
+
+Statements hold no value of the search they serve: the user, the query syntax and the positions are
+named parameters (`Engine.params`, and the repository's own), so one statement built for a search's
+shape (`Engine.shape`) serves every later search of that shape. Building one took longer than
+running it (about 4 ms of CPU for a relevance search on PostgreSQL, measured)."""
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeAlias
 
-from sqlalchemy import Boolean, Float, Select, case, column, func, literal_column, select, table, text, type_coerce
+from sqlalchemy import (
+    Boolean,
+    Float,
+    Select,
+    String,
+    bindparam,
+    case,
+    column,
+    func,
+    literal_column,
+    select,
+    table,
+    text,
+    type_coerce,
+)
 from sqlalchemy.dialects import mysql
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import InstrumentedAttribute
 from sqlalchemy.sql.elements import ColumnElement
 
 from chatstudio.chat.models import Conversation, Message
@@ -34,23 +54,36 @@ class Branch:
     score: Callable[[ColumnElement[Any]], ColumnElement[float]] | None = None
 
 
+def _owner_is(owner: ColumnElement[uuid.UUID] | InstrumentedAttribute[uuid.UUID]) -> ColumnElement[bool]:
+    return owner == bindparam("user_id")
+
+
 class Engine:
     """One database's full-text syntax: how to match, score and highlight."""
 
     def __init__(self, terms: Sequence[str]) -> None:
         self.terms = list(terms)
 
-    def messages(self, user_id: uuid.UUID) -> Branch:
+    @property
+    def shape(self) -> Hashable:
+        """What the built statements depend on besides their parameters: equal shapes, same statements."""
+        return type(self).__name__
+
+    def params(self, user_id: uuid.UUID) -> dict[str, Any]:
+        """The values of the named parameters in this engine's statements."""
+        return {"user_id": user_id}
+
+    def messages(self) -> Branch:
         raise NotImplementedError
 
-    def titles(self, user_id: uuid.UUID) -> Branch:
+    def titles(self) -> Branch:
         raise NotImplementedError
 
-    def message_snippets(self, user_id: uuid.UUID, ids: list[uuid.UUID]) -> Query:
+    def message_snippets(self, ids: list[uuid.UUID]) -> Query:
         """Columns id, conversation_id, title, role, created_at, snippet (marked or plain)."""
         raise NotImplementedError
 
-    def title_snippets(self, user_id: uuid.UUID, ids: list[uuid.UUID]) -> Query:
+    def title_snippets(self, ids: list[uuid.UUID]) -> Query:
         """Columns id, title, created_at, snippet (marked or plain)."""
         raise NotImplementedError
 
@@ -67,17 +100,17 @@ def _message_columns() -> tuple[Any, ...]:
     return (Message.id, Message.conversation_id, Conversation.title, Message.role, Message.created_at)
 
 
-def _owned_messages(user_id: uuid.UUID, ids: list[uuid.UUID]) -> Query:
+def _owned_messages(ids: list[uuid.UUID]) -> Query:
     return (
         select(*_message_columns())
         .join(Conversation, Conversation.id == Message.conversation_id)
-        .where(Message.id.in_(ids), Message.user_id == user_id)
+        .where(Message.id.in_(ids), _owner_is(Message.user_id))
     )
 
 
-def _owned_titles(user_id: uuid.UUID, ids: list[uuid.UUID]) -> Query:
+def _owned_titles(ids: list[uuid.UUID]) -> Query:
     return select(Conversation.id, Conversation.title, Conversation.created_at).where(
-        Conversation.id.in_(ids), Conversation.user_id == user_id
+        Conversation.id.in_(ids), _owner_is(Conversation.user_id)
     )
 
 
@@ -112,46 +145,62 @@ class Postgres(Engine):
         super().__init__(terms)
         self.frequencies = {"message": messages, "conversation": titles}
         self.layout = layout
+        self.indexed = {table: frequencies.selective(self.terms) for table, frequencies in self.frequencies.items()}
 
-    def _query(self, terms: Sequence[str] | None = None) -> ColumnElement[Any]:
-        # Every term is letters and digits only (text.terms_of), so quoting it is enough.
-        syntax = " & ".join(f"'{term}':*" for term in (self.terms if terms is None else terms))
-        return func.to_tsquery(_SIMPLE, syntax)
+    @property
+    def shape(self) -> Hashable:
+        # Which tables check some terms outside the index: that adds a condition to their branch.
+        partial = tuple(sorted(table for table, terms in self.indexed.items() if len(terms) < len(self.terms)))
+        return (type(self).__name__, partial)
 
-    def _branch(self, key: Any, owner: Any, vector: str, user_id: uuid.UUID) -> Branch:
+    def params(self, user_id: uuid.UUID) -> dict[str, Any]:
+        values = {"user_id": user_id, "tsquery": _syntax(self.terms)}
+        values.update((f"tsquery_{table}", _syntax(terms)) for table, terms in self.indexed.items())
+        return values
+
+    @staticmethod
+    def _query(parameter: str = "tsquery") -> ColumnElement[Any]:
+        return func.to_tsquery(_SIMPLE, bindparam(parameter, type_=String))
+
+    def _branch(self, key: Any, owner: Any, vector: str) -> Branch:
         stored: ColumnElement[Any] = literal_column(vector)
         query = self._query()
-        indexed = self.frequencies[key.table.name].selective(self.terms)
-        match: list[ColumnElement[bool]] = [stored.bool_op("@@")(self._query(indexed))]
-        if len(indexed) < len(self.terms):
+        table = key.table.name
+        match: list[ColumnElement[bool]] = [stored.bool_op("@@")(self._query(f"tsquery_{table}"))]
+        if len(self.indexed[table]) < len(self.terms):
             # ts_match_vq is @@ spelled as a function, which the planner never takes to an index.
             match.append(func.ts_match_vq(stored, query, type_=Boolean))
 
         def score(vector: ColumnElement[Any]) -> ColumnElement[float]:
             return func.ts_rank(vector, query, 1, type_=Float)
 
-        return Branch(select(key).where(owner == user_id, *match), score(stored), key, stored, score)
+        return Branch(select(key).where(_owner_is(owner), *match), score(stored), key, stored, score)
 
-    def messages(self, user_id: uuid.UUID) -> Branch:
-        return self._branch(Message.id, Message.user_id, "message.content_fts", user_id)
+    def messages(self) -> Branch:
+        return self._branch(Message.id, Message.user_id, "message.content_fts")
 
     def recent_from(self, user_id: uuid.UUID, wanted: int) -> uuid.UUID | None:
         share = self.frequencies["message"].share_of_all(self.terms)
         return self.layout.recent_bound(user_id, share, wanted)
 
-    def titles(self, user_id: uuid.UUID) -> Branch:
-        return self._branch(Conversation.id, Conversation.user_id, "conversation.title_fts", user_id)
+    def titles(self) -> Branch:
+        return self._branch(Conversation.id, Conversation.user_id, "conversation.title_fts")
 
-    def message_snippets(self, user_id: uuid.UUID, ids: list[uuid.UUID]) -> Query:
+    def message_snippets(self, ids: list[uuid.UUID]) -> Query:
         # Fragments drop words at their edges; a short message is shown whole instead.
         whole = func.ts_headline(_SIMPLE, Message.content, self._query(), _PG_WHOLE_HEADLINE)
         fragments = func.ts_headline(_SIMPLE, Message.content, self._query(), _PG_MESSAGE_HEADLINE)
         headline = case((func.length(Message.content) <= SNIPPET_CHARS, whole), else_=fragments)
-        return _owned_messages(user_id, ids).add_columns(headline.label("snippet"))
+        return _owned_messages(ids).add_columns(headline.label("snippet"))
 
-    def title_snippets(self, user_id: uuid.UUID, ids: list[uuid.UUID]) -> Query:
+    def title_snippets(self, ids: list[uuid.UUID]) -> Query:
         headline = func.ts_headline(_SIMPLE, Conversation.title, self._query(), _PG_WHOLE_HEADLINE)
-        return _owned_titles(user_id, ids).add_columns(headline.label("snippet"))
+        return _owned_titles(ids).add_columns(headline.label("snippet"))
+
+
+def _syntax(terms: Sequence[str]) -> str:
+    # Every term is letters and digits only (text.terms_of), so quoting it is enough.
+    return " & ".join(f"'{term}':*" for term in terms)
 
 
 _MESSAGE_FTS = table("message_fts", column("rowid"))
@@ -162,12 +211,15 @@ SQLITE_SNIPPET_TOKENS = 32
 class Sqlite(Engine):
     """External-content FTS5 tables keyed by rowid; bm25() to score, snippet()/highlight() to mark."""
 
-    def _match(self, fts: Any) -> ColumnElement[bool]:
+    def params(self, user_id: uuid.UUID) -> dict[str, Any]:
         # FTS5 string syntax: "word"* is a prefix query; terms are letters and digits only.
-        syntax = " ".join(f'"{term}"*' for term in self.terms)
-        return literal_column(fts.name).bool_op("MATCH")(syntax)
+        return {"user_id": user_id, "match": " ".join(f'"{term}"*' for term in self.terms)}
 
-    def _branch(self, key: Any, owner: Any, fts: Any, user_id: uuid.UUID) -> Branch:
+    @staticmethod
+    def _match(fts: Any) -> ColumnElement[bool]:
+        return literal_column(fts.name).bool_op("MATCH")(bindparam("match", type_=String))
+
+    def _branch(self, key: Any, owner: Any, fts: Any) -> Branch:
         # bm25 is lower for better matches; negated, every backend ranks "higher is better".
         rank: ColumnElement[float] = -func.bm25(literal_column(fts.name), type_=Float)
         base = key.table
@@ -175,29 +227,29 @@ class Sqlite(Engine):
             select(key)
             .select_from(fts)
             .join(base, literal_column(f"{base.name}.rowid") == fts.c.rowid)
-            .where(self._match(fts), owner == user_id)
+            .where(self._match(fts), _owner_is(owner))
         )
         return Branch(query, rank, key)
 
-    def messages(self, user_id: uuid.UUID) -> Branch:
-        return self._branch(Message.id, Message.user_id, _MESSAGE_FTS, user_id)
+    def messages(self) -> Branch:
+        return self._branch(Message.id, Message.user_id, _MESSAGE_FTS)
 
-    def titles(self, user_id: uuid.UUID) -> Branch:
-        return self._branch(Conversation.id, Conversation.user_id, _CONVERSATION_FTS, user_id)
+    def titles(self) -> Branch:
+        return self._branch(Conversation.id, Conversation.user_id, _CONVERSATION_FTS)
 
-    def message_snippets(self, user_id: uuid.UUID, ids: list[uuid.UUID]) -> Query:
+    def message_snippets(self, ids: list[uuid.UUID]) -> Query:
         snippet = func.snippet(literal_column("message_fts"), 0, MARK_START, MARK_END, "…", SQLITE_SNIPPET_TOKENS)
         return (
-            _owned_messages(user_id, ids)
+            _owned_messages(ids)
             .join(_MESSAGE_FTS, _MESSAGE_FTS.c.rowid == literal_column("message.rowid"))
             .where(self._match(_MESSAGE_FTS))
             .add_columns(type_coerce(snippet, Message.content.type).label("snippet"))
         )
 
-    def title_snippets(self, user_id: uuid.UUID, ids: list[uuid.UUID]) -> Query:
+    def title_snippets(self, ids: list[uuid.UUID]) -> Query:
         marked = func.highlight(literal_column("conversation_fts"), 0, MARK_START, MARK_END)
         return (
-            _owned_titles(user_id, ids)
+            _owned_titles(ids)
             .join(_CONVERSATION_FTS, _CONVERSATION_FTS.c.rowid == literal_column("conversation.rowid"))
             .where(self._match(_CONVERSATION_FTS))
             .add_columns(type_coerce(marked, Conversation.title.type).label("snippet"))
@@ -207,27 +259,30 @@ class Sqlite(Engine):
 class MySQL(Engine):
     """InnoDB FULLTEXT indexes, MATCH ... AGAINST in boolean mode; highlights computed here."""
 
-    def _match(self, searched: Any) -> Any:
+    def params(self, user_id: uuid.UUID) -> dict[str, Any]:
         # +word* : every term required, as a word prefix. Terms are letters and digits only.
-        syntax = " ".join(f"+{term}*" for term in self.terms)
-        return mysql.match(searched, against=syntax).in_boolean_mode()
+        return {"user_id": user_id, "against": " ".join(f"+{term}*" for term in self.terms)}
 
-    def _branch(self, key: Any, owner: Any, searched: Any, user_id: uuid.UUID) -> Branch:
+    @staticmethod
+    def _match(searched: Any) -> Any:
+        return mysql.match(searched, against=bindparam("against", type_=String)).in_boolean_mode()
+
+    def _branch(self, key: Any, owner: Any, searched: Any) -> Branch:
         # A bare MATCH in WHERE is what lets InnoDB answer from the FULLTEXT index.
         score: ColumnElement[float] = type_coerce(self._match(searched), Float)
-        return Branch(select(key).where(owner == user_id, self._match(searched)), score, key)
+        return Branch(select(key).where(_owner_is(owner), self._match(searched)), score, key)
 
-    def messages(self, user_id: uuid.UUID) -> Branch:
-        return self._branch(Message.id, Message.user_id, Message.content, user_id)
+    def messages(self) -> Branch:
+        return self._branch(Message.id, Message.user_id, Message.content)
 
-    def titles(self, user_id: uuid.UUID) -> Branch:
-        return self._branch(Conversation.id, Conversation.user_id, Conversation.title, user_id)
+    def titles(self) -> Branch:
+        return self._branch(Conversation.id, Conversation.user_id, Conversation.title)
 
-    def message_snippets(self, user_id: uuid.UUID, ids: list[uuid.UUID]) -> Query:
-        return _owned_messages(user_id, ids).add_columns(Message.content.label("snippet"))
+    def message_snippets(self, ids: list[uuid.UUID]) -> Query:
+        return _owned_messages(ids).add_columns(Message.content.label("snippet"))
 
-    def title_snippets(self, user_id: uuid.UUID, ids: list[uuid.UUID]) -> Query:
-        return _owned_titles(user_id, ids).add_columns(Conversation.title.label("snippet"))
+    def title_snippets(self, ids: list[uuid.UUID]) -> Query:
+        return _owned_titles(ids).add_columns(Conversation.title.label("snippet"))
 
     def marked(self, snippet: str, *, whole: bool = False) -> tuple[str, list[Range]]:
         return highlight(snippet, self.terms, whole=whole)

@@ -15,7 +15,18 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import CompoundSelect, Float, and_, func, literal_column, or_, select, type_coerce, union_all
+from sqlalchemy import (
+    CompoundSelect,
+    Float,
+    and_,
+    bindparam,
+    func,
+    literal_column,
+    or_,
+    select,
+    type_coerce,
+    union_all,
+)
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -70,19 +81,20 @@ async def search(
     if not terms:
         return []
     engine = await engine_for(session, terms, sort)
-    ranked = await _rank(session, engine, user_id, limit=limit, sort=sort, after=after)
+    params = engine.params(user_id)
+    ranked = await _rank(session, engine, params, user_id, limit=limit, sort=sort, after=after)
     message_ids = [hit.id for hit in ranked if not hit.title_hit]
     title_ids = [hit.id for hit in ranked if hit.title_hit]
     details: dict[uuid.UUID, SearchRow] = {}
     if message_ids:
-        rows = await session.execute(engine.message_snippets(user_id, message_ids))
+        rows = await session.execute(engine.message_snippets(message_ids), params)
         for row in rows:
             shown, ranges = engine.marked(row.snippet)
             details[row.id] = SearchRow(
                 row.conversation_id, row.title, row.id, row.role, row.created_at, shown, ranges, 0
             )
     if title_ids:
-        rows = await session.execute(engine.title_snippets(user_id, title_ids))
+        rows = await session.execute(engine.title_snippets(title_ids), params)
         for row in rows:
             shown, ranges = engine.marked(row.snippet, whole=True)
             details[row.id] = SearchRow(row.id, row.title, None, None, row.created_at, shown, ranges, 0)
@@ -106,30 +118,59 @@ def _with_rank(row: SearchRow, rank: float) -> SearchRow:
 async def _rank(
     session: AsyncSession,
     engine: Engine,
+    params: dict[str, Any],
     user_id: uuid.UUID,
     *,
     limit: int,
     sort: Sort,
     after: Position | None,
 ) -> list[_Ranked]:
+    # Where the engine can tell where a user's newest message matches begin, the relevance window
+    # is looked for there first.
+    recent_from = engine.recent_from(user_id, RELEVANCE_WINDOW) if sort is Sort.RELEVANCE else None
+    shape = (engine.shape, sort, limit, RELEVANCE_WINDOW, recent_from is not None, after is not None)
+    statement = _RANK_STATEMENTS.get(shape)
+    if statement is None:
+        statement = _rank_statement(engine, sort, limit, bounded=recent_from is not None, paged=after is not None)
+        if len(_RANK_STATEMENTS) >= _MAX_STATEMENTS:
+            _RANK_STATEMENTS.clear()
+        _RANK_STATEMENTS[shape] = statement
+    values = dict(params)
+    if recent_from is not None:
+        values["recent_from"] = recent_from
+    if after is not None:
+        values["after_rank"], values["after_id"] = after.rank, after.id
+    rows = await session.execute(statement, values)
+    return [_Ranked(row.id, bool(row.title_hit), float(row.rank)) for row in rows]
+
+
+# Built statements by shape. A handful of shapes occur (engine, sort, page size, window, bound, paged); the
+# bound only keeps a client cycling through page sizes from growing it without end.
+_RANK_STATEMENTS: dict[tuple[Any, ...], Query] = {}
+_MAX_STATEMENTS = 256
+
+
+def _rank_statement(engine: Engine, sort: Sort, limit: int, *, bounded: bool, paged: bool) -> Query:
+    """Ids of one page of hits, messages and titles in one list; its parameters are the engine's,
+    `recent_from` when `bounded`, and `after_rank`/`after_id` when `paged`."""
     relevance = sort is Sort.RELEVANCE
+    after_id: ColumnElement[Any] = bindparam("after_id")
     branches = []
-    for branch, title_hit in ((engine.messages(user_id), 0), (engine.titles(user_id), 1)):
+    for branch, title_hit in ((engine.messages(), 0), (engine.titles(), 1)):
         query = branch.query
         key = branch.id
         if relevance:
             # Score only the newest RELEVANCE_WINDOW matches: a word found in 300,000 messages would
             # otherwise be scored 300,000 times per page. Below that many matches this is exact.
-            # Where the engine can tell where a user's newest message matches begin, look there first.
-            recent_from = None if title_hit else engine.recent_from(user_id, RELEVANCE_WINDOW)
-            query, key, rank = _relevance_window(branch, recent_from)
-            if after is not None:
-                query = query.where(or_(rank < after.rank, and_(rank == after.rank, key < after.id)))
+            query, key, rank = _relevance_window(branch, bounded and not title_hit)
+            if paged:
+                after_rank = bindparam("after_rank", type_=Float)
+                query = query.where(or_(rank < after_rank, and_(rank == after_rank, key < after_id)))
             order: tuple[Any, ...] = (rank.desc(), key.desc())
         else:
             rank = literal_column("0.0")  # no score: PostgreSQL can stop at the first `limit` matches
-            if after is not None:
-                query = query.where(key < after.id)
+            if paged:
+                query = query.where(key < after_id)
             order = (key.desc(),)
         query = query.with_only_columns(
             key.label("id"),
@@ -141,20 +182,17 @@ async def _rank(
         branches.append(select(side))
     hits = union_all(*branches).subquery("hits")
     ordering = (hits.c.rank.desc(), hits.c.id.desc()) if relevance else (hits.c.id.desc(),)
-    rows = await session.execute(select(hits).order_by(*ordering).limit(limit))
-    return [_Ranked(row.id, bool(row.title_hit), float(row.rank)) for row in rows]
+    return select(hits).order_by(*ordering).limit(limit)
 
 
-def _relevance_window(
-    branch: Branch, recent_from: uuid.UUID | None
-) -> tuple[Query, ColumnElement[uuid.UUID], ColumnElement[Any]]:
-    """The branch's newest RELEVANCE_WINDOW matches as (query, its id column, its score); read from
-    ids from `recent_from` on when those hold them all."""
+def _relevance_window(branch: Branch, bounded: bool) -> tuple[Query, ColumnElement[uuid.UUID], ColumnElement[Any]]:
+    """The branch's newest RELEVANCE_WINDOW matches as (query, its id column, its score); when
+    `bounded`, read from ids from the parameter `recent_from` on when those hold them all."""
     newest = branch.query.order_by(branch.id.desc()).limit(RELEVANCE_WINDOW)
     if branch.scored_column is not None and branch.score is not None:
         scored = newest.with_only_columns(branch.id.label("id"), branch.scored_column.label("scored"))
         window = (
-            scored.subquery() if recent_from is None else _recent_first(scored, branch.id >= recent_from).subquery()
+            _recent_first(scored, branch.id >= bindparam("recent_from")).subquery() if bounded else scored.subquery()
         )
         return select(window.c.id), window.c.id, branch.score(window.c.scored)
     ids = select(newest.with_only_columns(branch.id).subquery().c[0])
