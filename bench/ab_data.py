@@ -61,7 +61,7 @@ async def measure(args: argparse.Namespace) -> dict[str, Figures]:
     if not await _database_exists(args.postgres_url, DATA_DATABASE):
         raise SystemExit(f"{DATA_DATABASE} does not exist: run `python -m bench --only data` once first")
     database_url = _url_for(args.postgres_url, DATA_DATABASE)
-    async with scratch("ab-data", args.postgres_url) as space:
+    async with scratch("abdata", args.postgres_url) as space:
         base = space.work / "base"
         _worktree(args.base, base)
         servers: list[tuple[str, procs.Process, int]] = []
