@@ -79,12 +79,14 @@ class Engine:
     def titles(self) -> Branch:
         raise NotImplementedError
 
-    def message_snippets(self, ids: list[uuid.UUID]) -> Query:
-        """Columns id, conversation_id, title, role, created_at, snippet (marked or plain)."""
+    def message_snippets(self) -> Query:
+        """Columns id, conversation_id, title, role, created_at, snippet (marked or plain) of the
+        messages whose ids are the parameter `ids`."""
         raise NotImplementedError
 
-    def title_snippets(self, ids: list[uuid.UUID]) -> Query:
-        """Columns id, title, created_at, snippet (marked or plain)."""
+    def title_snippets(self) -> Query:
+        """Columns id, title, created_at, snippet (marked or plain) of the conversations whose ids
+        are the parameter `ids`."""
         raise NotImplementedError
 
     def marked(self, snippet: str, *, whole: bool = False) -> tuple[str, list[Range]]:
@@ -100,17 +102,21 @@ def _message_columns() -> tuple[Any, ...]:
     return (Message.id, Message.conversation_id, Conversation.title, Message.role, Message.created_at)
 
 
-def _owned_messages(ids: list[uuid.UUID]) -> Query:
+def _listed(key: Any) -> ColumnElement[bool]:
+    return key.in_(bindparam("ids", expanding=True))  # type: ignore[no-any-return]
+
+
+def _owned_messages() -> Query:
     return (
         select(*_message_columns())
         .join(Conversation, Conversation.id == Message.conversation_id)
-        .where(Message.id.in_(ids), _owner_is(Message.user_id))
+        .where(_listed(Message.id), _owner_is(Message.user_id))
     )
 
 
-def _owned_titles(ids: list[uuid.UUID]) -> Query:
+def _owned_titles() -> Query:
     return select(Conversation.id, Conversation.title, Conversation.created_at).where(
-        Conversation.id.in_(ids), _owner_is(Conversation.user_id)
+        _listed(Conversation.id), _owner_is(Conversation.user_id)
     )
 
 
@@ -186,16 +192,16 @@ class Postgres(Engine):
     def titles(self) -> Branch:
         return self._branch(Conversation.id, Conversation.user_id, "conversation.title_fts")
 
-    def message_snippets(self, ids: list[uuid.UUID]) -> Query:
+    def message_snippets(self) -> Query:
         # Fragments drop words at their edges; a short message is shown whole instead.
         whole = func.ts_headline(_SIMPLE, Message.content, self._query(), _PG_WHOLE_HEADLINE)
         fragments = func.ts_headline(_SIMPLE, Message.content, self._query(), _PG_MESSAGE_HEADLINE)
         headline = case((func.length(Message.content) <= SNIPPET_CHARS, whole), else_=fragments)
-        return _owned_messages(ids).add_columns(headline.label("snippet"))
+        return _owned_messages().add_columns(headline.label("snippet"))
 
-    def title_snippets(self, ids: list[uuid.UUID]) -> Query:
+    def title_snippets(self) -> Query:
         headline = func.ts_headline(_SIMPLE, Conversation.title, self._query(), _PG_WHOLE_HEADLINE)
-        return _owned_titles(ids).add_columns(headline.label("snippet"))
+        return _owned_titles().add_columns(headline.label("snippet"))
 
 
 def _syntax(terms: Sequence[str]) -> str:
@@ -237,19 +243,19 @@ class Sqlite(Engine):
     def titles(self) -> Branch:
         return self._branch(Conversation.id, Conversation.user_id, _CONVERSATION_FTS)
 
-    def message_snippets(self, ids: list[uuid.UUID]) -> Query:
+    def message_snippets(self) -> Query:
         snippet = func.snippet(literal_column("message_fts"), 0, MARK_START, MARK_END, "…", SQLITE_SNIPPET_TOKENS)
         return (
-            _owned_messages(ids)
+            _owned_messages()
             .join(_MESSAGE_FTS, _MESSAGE_FTS.c.rowid == literal_column("message.rowid"))
             .where(self._match(_MESSAGE_FTS))
             .add_columns(type_coerce(snippet, Message.content.type).label("snippet"))
         )
 
-    def title_snippets(self, ids: list[uuid.UUID]) -> Query:
+    def title_snippets(self) -> Query:
         marked = func.highlight(literal_column("conversation_fts"), 0, MARK_START, MARK_END)
         return (
-            _owned_titles(ids)
+            _owned_titles()
             .join(_CONVERSATION_FTS, _CONVERSATION_FTS.c.rowid == literal_column("conversation.rowid"))
             .where(self._match(_CONVERSATION_FTS))
             .add_columns(type_coerce(marked, Conversation.title.type).label("snippet"))
@@ -278,11 +284,11 @@ class MySQL(Engine):
     def titles(self) -> Branch:
         return self._branch(Conversation.id, Conversation.user_id, Conversation.title)
 
-    def message_snippets(self, ids: list[uuid.UUID]) -> Query:
-        return _owned_messages(ids).add_columns(Message.content.label("snippet"))
+    def message_snippets(self) -> Query:
+        return _owned_messages().add_columns(Message.content.label("snippet"))
 
-    def title_snippets(self, ids: list[uuid.UUID]) -> Query:
-        return _owned_titles(ids).add_columns(Conversation.title.label("snippet"))
+    def title_snippets(self) -> Query:
+        return _owned_titles().add_columns(Conversation.title.label("snippet"))
 
     def marked(self, snippet: str, *, whole: bool = False) -> tuple[str, list[Range]]:
         return highlight(snippet, self.terms, whole=whole)

@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -87,14 +87,16 @@ async def search(
     title_ids = [hit.id for hit in ranked if hit.title_hit]
     details: dict[uuid.UUID, SearchRow] = {}
     if message_ids:
-        rows = await session.execute(engine.message_snippets(message_ids), params)
+        statement = _built((engine.shape, "message snippets"), engine.message_snippets)
+        rows = await session.execute(statement, {**params, "ids": message_ids})
         for row in rows:
             shown, ranges = engine.marked(row.snippet)
             details[row.id] = SearchRow(
                 row.conversation_id, row.title, row.id, row.role, row.created_at, shown, ranges, 0
             )
     if title_ids:
-        rows = await session.execute(engine.title_snippets(title_ids), params)
+        statement = _built((engine.shape, "title snippets"), engine.title_snippets)
+        rows = await session.execute(statement, {**params, "ids": title_ids})
         for row in rows:
             shown, ranges = engine.marked(row.snippet, whole=True)
             details[row.id] = SearchRow(row.id, row.title, None, None, row.created_at, shown, ranges, 0)
@@ -128,13 +130,11 @@ async def _rank(
     # Where the engine can tell where a user's newest message matches begin, the relevance window
     # is looked for there first.
     recent_from = engine.recent_from(user_id, RELEVANCE_WINDOW) if sort is Sort.RELEVANCE else None
-    shape = (engine.shape, sort, limit, RELEVANCE_WINDOW, recent_from is not None, after is not None)
-    statement = _RANK_STATEMENTS.get(shape)
-    if statement is None:
-        statement = _rank_statement(engine, sort, limit, bounded=recent_from is not None, paged=after is not None)
-        if len(_RANK_STATEMENTS) >= _MAX_STATEMENTS:
-            _RANK_STATEMENTS.clear()
-        _RANK_STATEMENTS[shape] = statement
+    bounded, paged = recent_from is not None, after is not None
+    statement = _built(
+        (engine.shape, sort, limit, RELEVANCE_WINDOW, bounded, paged),
+        lambda: _rank_statement(engine, sort, limit, bounded=bounded, paged=paged),
+    )
     values = dict(params)
     if recent_from is not None:
         values["recent_from"] = recent_from
@@ -146,8 +146,18 @@ async def _rank(
 
 # Built statements by shape. A handful of shapes occur (engine, sort, page size, window, bound, paged); the
 # bound only keeps a client cycling through page sizes from growing it without end.
-_RANK_STATEMENTS: dict[tuple[Any, ...], Query] = {}
+_STATEMENTS: dict[tuple[Any, ...], Query] = {}
 _MAX_STATEMENTS = 256
+
+
+def _built(shape: tuple[Any, ...], build: Callable[[], Query]) -> Query:
+    """The statement of `shape`, built the first time it is asked for."""
+    statement = _STATEMENTS.get(shape)
+    if statement is None:
+        if len(_STATEMENTS) >= _MAX_STATEMENTS:
+            _STATEMENTS.clear()
+        statement = _STATEMENTS[shape] = build()
+    return statement
 
 
 def _rank_statement(engine: Engine, sort: Sort, limit: int, *, bounded: bool, paged: bool) -> Query:
