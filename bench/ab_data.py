@@ -35,23 +35,6 @@ class Figures:
     p99_ms: list[float] = field(default_factory=list)
 
 
-async def _list_pages(api: scenarios.Api, token: str) -> tuple[list[str], list[str]]:
-    """Every page path of the conversation list, and the ids of the conversations on them."""
-    paths: list[str] = []
-    ids: list[str] = []
-    cursor: str | None = None
-    while True:
-        path = "/api/v1/conversations?limit=50" + (f"&cursor={cursor}" if cursor else "")
-        status, body = await api.call("GET", path, token=token)
-        if status != 200:
-            raise RuntimeError(f"list: HTTP {status} {body}")
-        paths.append(path)
-        ids += [item["id"] for item in body["items"]]
-        cursor = body["next_cursor"]
-        if cursor is None:
-            return paths, ids
-
-
 def _search_paths(sort: str, queries: list[str] | None) -> list[str]:
     chosen = queries or [query for _, query in dataset.search_queries()]
     return [f"/api/v1/search?q={urllib.parse.quote(query)}&sort={sort}" for query in chosen]
@@ -77,12 +60,11 @@ async def measure(args: argparse.Namespace) -> dict[str, Figures]:
             if args.family in ("relevance", "recent"):
                 paths = _search_paths(args.family, args.queries.split(",") if args.queries else None)
             else:
-                pages, ids = await _list_pages(api, token)
-                paths = (
-                    pages
-                    if args.family == "list"
-                    else [f"/api/v1/conversations/{cid}/messages?limit=50" for cid in ids[:1000]]
-                )
+                cursors, ids = await data.list_pages(api, token)
+                if args.family == "list":
+                    paths = [data.list_path(cursor) for cursor in cursors]
+                else:
+                    paths = [f"/api/v1/conversations/{cid}/messages?limit=50" for cid in ids[:1000]]
             return await _load_in_turn(servers, paths, token, rounds=args.rounds, duration=args.duration)
         finally:
             for _, server, _ in servers:

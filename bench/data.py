@@ -37,14 +37,17 @@ async def ensure_corpus(api: Api, database_url: str, *, fresh: bool) -> tuple[st
     return token, info
 
 
-async def _pages(api: Api, token: str) -> tuple[list[str | None], list[str]]:
+def list_path(cursor: str | None) -> str:
+    return "/api/v1/conversations?limit=50" + (f"&cursor={cursor}" if cursor else "")
+
+
+async def list_pages(api: Api, token: str) -> tuple[list[str | None], list[str]]:
     """Every cursor of the conversation list (200 pages of 50) and the ids of all conversations."""
     cursors: list[str | None] = [None]
     ids: list[str] = []
     cursor: str | None = None
     while True:
-        path = "/api/v1/conversations?limit=50" + (f"&cursor={cursor}" if cursor else "")
-        status, body = await api.call("GET", path, token=token)
+        status, body = await api.call("GET", list_path(cursor), token=token)
         if status != 200:
             raise RuntimeError(f"list: HTTP {status} {body}")
         ids += [item["id"] for item in body["items"]]
@@ -58,7 +61,7 @@ async def measure(api: Api, token: str, duration: float) -> dict[str, Any]:
     rng = random.Random(5)
     host = f"127.0.0.1:{api.port}"
     auth = {"Authorization": f"Bearer {token}"}
-    cursors, ids = await _pages(api, token)
+    cursors, ids = await list_pages(api, token)
     second_pages = []
     for cid in rng.sample(ids, 100):
         _, body = await api.call("GET", f"/api/v1/conversations/{cid}/messages?limit=50", token=token)
@@ -70,9 +73,7 @@ async def measure(api: Api, token: str, duration: float) -> dict[str, Any]:
 
     families: dict[str, list[bytes]] = {
         "conversation list (first page)": [get("/api/v1/conversations?limit=50")],
-        "conversation list (any page)": [
-            get("/api/v1/conversations?limit=50" + (f"&cursor={c}" if c else "")) for c in cursors
-        ],
+        "conversation list (any page)": [get(list_path(cursor)) for cursor in cursors],
         "message page (first)": [get(f"/api/v1/conversations/{cid}/messages?limit=50") for cid in rng.sample(ids, 500)],
         "message page (second)": [get(path) for path in second_pages],
     }
