@@ -144,8 +144,9 @@ async def _rank(
     return [_Ranked(row.id, bool(row.title_hit), float(row.rank)) for row in rows]
 
 
-# Built statements by shape. A handful of shapes occur (engine, sort, page size, window, bound, paged); the
-# bound only keeps a client cycling through page sizes from growing it without end.
+# Built statements by shape: the rank statement's (engine, sort, page size, window, recent bound or not,
+# paged or not) and each engine's two snippet statements. A handful occur; the cap only keeps a
+# client cycling through page sizes from growing the dict without end.
 _STATEMENTS: dict[tuple[Any, ...], Query] = {}
 _MAX_STATEMENTS = 256
 
