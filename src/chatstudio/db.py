@@ -5,10 +5,10 @@ from __future__ import annotations
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Hashable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from sqlalchemy import MetaData, event
 from sqlalchemy.dialects import mysql
@@ -39,6 +39,8 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+StatementT = TypeVar("StatementT")
+
 _uuid7_state = {"millis": 0, "counter": 0}
 
 
@@ -62,6 +64,28 @@ def uuid7() -> uuid.UUID:
     rand_b = int.from_bytes(os.urandom(8), "big") & ((1 << 62) - 1)
     value = ((millis & ((1 << 48) - 1)) << 80) | (0x7 << 76) | (counter << 64) | (0b10 << 62) | rand_b
     return uuid.UUID(int=value)
+
+
+class Statements(Generic[StatementT]):
+    """Statements built once per shape and reused with new parameter values.
+
+    Building a SQLAlchemy statement and its cache key costs more than running a simple one (a
+    search's: ~4 ms of CPU; a list page's: ~0.3 ms). A statement kept here must take every value
+    that differs between calls as a named parameter; its shape is what else it depends on. The cap
+    only keeps an unusual mix of shapes (a client cycling through page sizes) from growing it
+    without end; one per process, like SQLAlchemy's own compiled cache."""
+
+    def __init__(self, cap: int = 256) -> None:
+        self._built: dict[Hashable, StatementT] = {}
+        self._cap = cap
+
+    def get(self, shape: Hashable, build: Callable[[], StatementT]) -> StatementT:
+        statement = self._built.get(shape)
+        if statement is None:
+            if len(self._built) >= self._cap:
+                self._built.clear()
+            statement = self._built[shape] = build()
+        return statement
 
 
 def like_contains(text: str) -> str:

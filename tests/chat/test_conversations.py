@@ -304,6 +304,29 @@ async def test_message_pages_check_the_owner_in_the_page_query(
         assert refused.json()["error"]["code"] == "conversation_not_found"
 
 
+async def test_list_pages_of_one_shape_keep_each_users_own(
+    client: httpx.AsyncClient, alice: SignedIn, bob: SignedIn
+) -> None:
+    """List statements are built once per shape (page size, filters, paged or not) and reused; each
+    request still gets its own user, title filter and position."""
+    for title in ("alpha report", "alpha notes"):
+        await create(client, alice, title=title)
+    await create(client, bob, title="bob report")
+
+    async def titles(user: SignedIn, **params: Any) -> tuple[list[str], str | None]:
+        page = (await client.get(BASE, headers=user.headers, params={"limit": 1, **params})).json()
+        return [item["title"] for item in page["items"]], page["next_cursor"]
+
+    first, cursor = await titles(alice)
+    second, _ = await titles(alice, cursor=cursor)
+    assert sorted(first + second) == ["alpha notes", "alpha report"]
+    assert await titles(bob) == (["bob report"], None)
+    assert (await titles(bob, cursor=cursor))[0] == []  # a position, not a permission
+    assert (await titles(alice, q="report"))[0] == ["alpha report"]
+    assert (await titles(bob, q="report"))[0] == ["bob report"]
+    assert (await titles(alice, q="notes"))[0] == ["alpha notes"]
+
+
 async def test_malformed_id_is_422(client: httpx.AsyncClient, alice: SignedIn) -> None:
     response = await client.get(f"{BASE}/not-a-uuid", headers=alice.headers)
     assert response.status_code == 422

@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -30,6 +30,7 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.elements import ColumnElement
 
+from chatstudio.db import Statements
 from chatstudio.search.dialects import Branch, Engine, Query, engine_for
 from chatstudio.search.schemas import Sort
 from chatstudio.search.text import Range
@@ -87,7 +88,7 @@ async def search(
     title_ids = [hit.id for hit in ranked if hit.title_hit]
     details: dict[uuid.UUID, SearchRow] = {}
     if message_ids:
-        statement = _built((engine.shape, "message snippets"), engine.message_snippets)
+        statement = _STATEMENTS.get((engine.shape, "message snippets"), engine.message_snippets)
         rows = await session.execute(statement, {**params, "ids": message_ids})
         for row in rows:
             shown, ranges = engine.marked(row.snippet)
@@ -95,7 +96,7 @@ async def search(
                 row.conversation_id, row.title, row.id, row.role, row.created_at, shown, ranges, 0
             )
     if title_ids:
-        statement = _built((engine.shape, "title snippets"), engine.title_snippets)
+        statement = _STATEMENTS.get((engine.shape, "title snippets"), engine.title_snippets)
         rows = await session.execute(statement, {**params, "ids": title_ids})
         for row in rows:
             shown, ranges = engine.marked(row.snippet, whole=True)
@@ -131,7 +132,7 @@ async def _rank(
     # is looked for there first.
     recent_from = engine.recent_from(user_id, RELEVANCE_WINDOW) if sort is Sort.RELEVANCE else None
     bounded, paged = recent_from is not None, after is not None
-    statement = _built(
+    statement = _STATEMENTS.get(
         (engine.shape, sort, limit, RELEVANCE_WINDOW, bounded, paged),
         lambda: _rank_statement(engine, sort, limit, bounded=bounded, paged=paged),
     )
@@ -144,21 +145,9 @@ async def _rank(
     return [_Ranked(row.id, bool(row.title_hit), float(row.rank)) for row in rows]
 
 
-# Built statements by shape: the rank statement's (engine, sort, page size, window, recent bound or not,
-# paged or not) and each engine's two snippet statements. A handful occur; the cap only keeps a
-# client cycling through page sizes from growing the dict without end.
-_STATEMENTS: dict[tuple[Any, ...], Query] = {}
-_MAX_STATEMENTS = 256
-
-
-def _built(shape: tuple[Any, ...], build: Callable[[], Query]) -> Query:
-    """The statement of `shape`, built the first time it is asked for."""
-    statement = _STATEMENTS.get(shape)
-    if statement is None:
-        if len(_STATEMENTS) >= _MAX_STATEMENTS:
-            _STATEMENTS.clear()
-        statement = _STATEMENTS[shape] = build()
-    return statement
+# The rank statement per (engine shape, sort, page size, window, recent bound or not, paged or not)
+# and each engine's two snippet statements.
+_STATEMENTS: Statements[Query] = Statements()
 
 
 def _rank_statement(engine: Engine, sort: Sort, limit: int, *, bounded: bool, paged: bool) -> Query:
