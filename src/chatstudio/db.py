@@ -69,9 +69,10 @@ def uuid7() -> uuid.UUID:
 class Statements(Generic[StatementT]):
     """Statements built once per shape and reused with new parameter values.
 
-    Building a SQLAlchemy statement and its cache key costs more than running a simple one (a
-    search's: ~4 ms of CPU; a list page's: ~0.3 ms). A statement kept here must take every value
-    that differs between calls as a named parameter; its shape is what else it depends on. The cap
+    Building a SQLAlchemy statement and its cache key can cost more than running it (a search's:
+    ~4 ms of CPU). A statement kept here must take every value that differs between calls as a
+    named parameter; its shape is what else it depends on, for builders whose arguments are not
+    the shape themselves (where they are, `functools.lru_cache` on the builder does the same). The cap
     only keeps an unusual mix of shapes (a client cycling through page sizes) from growing it
     without end; one per process, like SQLAlchemy's own compiled cache."""
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -14,7 +15,7 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from chatstudio.chat.history import StoredTurn, branch
 from chatstudio.chat.models import Conversation, Message, MessageStatus
-from chatstudio.db import Statements, like_contains
+from chatstudio.db import like_contains
 
 _MESSAGE_TABLE = cast(Table, Message.__table__)
 _CONVERSATION_TABLE = cast(Table, Conversation.__table__)
@@ -55,10 +56,7 @@ class ConversationRepository:
     ) -> list[Conversation]:
         """Most recently active first; keyset on (last_activity_at, id), served by
         ix_conversation_user_list / ix_conversation_user_pinned."""
-        shape = ("conversations", limit, archived, pinned, bool(title_contains), after is not None)
-        query = _STATEMENTS.get(
-            shape, lambda: _conversation_page(limit, archived, pinned, bool(title_contains), after is not None)
-        )
+        query = _conversation_page(limit, archived, pinned, bool(title_contains), after is not None)
         values: dict[str, Any] = {"user_id": user_id}
         if title_contains:
             values["title_pattern"] = like_contains(title_contains)
@@ -114,7 +112,7 @@ class MessageRepository:
 
         Plain rows with the message's columns as attributes, not ORM objects: a page is only read
         and serialized, and building and tracking fifty mapped objects cost more than its query."""
-        query = _STATEMENTS.get(("messages", limit, after is not None), lambda: _message_page(limit, after is not None))
+        query = _message_page(limit, after is not None)
         values = {"conversation_id": conversation_id, "user_id": user_id, "after_id": after}
         return (await self.session.execute(query, values)).all()
 
@@ -154,10 +152,10 @@ class ConversationTree:
         return branch(self.all, leaf_id)
 
 
-# Page statements, built once per shape (see db.Statements): they run on every list and page view.
-_STATEMENTS: Statements[Any] = Statements()
-
-
+# Page statements run on every list and page view: each is built once per shape (its arguments) and
+# reused with new parameter values, as db.Statements keeps search's. The cache's size only keeps a
+# client cycling through page sizes from growing it without end.
+@functools.lru_cache(maxsize=256)
 def _conversation_page(limit: int, archived: bool, pinned: bool | None, titled: bool, paged: bool) -> Any:
     """Parameters: user_id; title_pattern when `titled`; after_at and after_id when `paged`."""
     # IS TRUE / IS FALSE take no parameter: archived and pinned are part of the shape.
@@ -183,6 +181,7 @@ def _conversation_page(limit: int, archived: bool, pinned: bool | None, titled: 
     return query.order_by(Conversation.last_activity_at.desc(), Conversation.id.desc()).limit(limit)
 
 
+@functools.lru_cache(maxsize=256)
 def _message_page(limit: int, paged: bool) -> Any:
     """Parameters: conversation_id, user_id; after_id when `paged`."""
     table = _MESSAGE_TABLE
