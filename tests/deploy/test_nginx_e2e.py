@@ -303,11 +303,26 @@ async def test_oversized_upload_is_refused_by_the_proxy(stack: Stack, users: lis
             status = 413
         assert status == 413
         assert (await client.get("/health")).status_code == 200
-    log = stack.nginx_access_log.read_text()
-    assert any(
-        json.loads(line)["request_id"] == request_id and json.loads(line)["status"] == 413 for line in log.splitlines()
-    )
+    assert await _proxy_logged(stack, request_id) == 413
     assert stack.served_by(request_id) == []  # no backend ever saw it
+
+
+async def _proxy_logged(stack: Stack, request_id: str) -> int | None:
+    """The status nginx logged for the request, waiting for the line to be written.
+
+    nginx writes a request's access-log line when it frees the request; after a 413 with the body still
+    coming it first drains the connection (lingering close), so the line can land after the client has
+    already given up on that connection.
+    """
+    end = time.monotonic() + DEADLINE_SECONDS
+    while True:
+        for line in stack.nginx_access_log.read_text().splitlines():
+            entry = json.loads(line)
+            if entry["request_id"] == request_id:
+                return int(entry["status"])
+        if time.monotonic() > end:
+            return None
+        await asyncio.sleep(POLL_SECONDS)
 
 
 async def _burst(client: httpx.AsyncClient, user: User) -> tuple[list[str], list[int], bool]:
