@@ -186,7 +186,7 @@ async def _load_scenarios(
                     out["scenarios"]["B"] = report.compare(found, "B", "direct")
         if "C" in selected:
             _say("C: chat turns over SSE, stored in PostgreSQL")
-            found, _ = await scenarios.chat_turns(
+            found = await scenarios.chat_turns(
                 api, token, upstream_port, (16, 64), args.rounds, args.duration, cpu=server.cpu_seconds
             )
             result = report.compare(found, "C", "direct")

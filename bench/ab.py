@@ -3,7 +3,8 @@
 Two servers run at once on the server core: one from a git worktree of REF (the baseline), one from
 this checkout, both on this checkout's virtualenv. They are loaded in turn, alternating which goes
 first, for the given rounds of the same scenario (A: streamed /v1/chat/completions, B: the same
-without streaming), and the median server CPU per request of each is printed with their ratio.
+without streaming, C: chat turns over SSE, stored in the scratch PostgreSQL database), and the
+median server CPU per request of each is printed with their ratio.
 CPU per request moves far less from run to run than throughput does on a shared machine, so a few
 percent show through where `make bench` would drown them.
 
@@ -46,11 +47,13 @@ async def start_studio(
     logs: Path,
     work: Path,
     name: str,
-    stream: bool,
+    scenario: str,
+    concurrency: int,
     started: list[procs.Process],
 ) -> Server:
-    """`chatstudio serve` with a signed-in user's API key, aimed at /v1/chat/completions. The process
-    goes into `started` before it is waited for, so the caller stops it even if it never answers."""
+    """`chatstudio serve` with a signed-in user, aimed at the scenario's endpoint (A, B: its API key on
+    /v1/chat/completions; C: its own conversations). The process goes into `started` before it is
+    waited for, so the caller stops it even if it never answers."""
     port = procs.free_port()
     server = procs.chatstudio(cores, port, env, logs, cwd=work, name=name)
     started.append(server)
@@ -58,7 +61,11 @@ async def start_studio(
     api = scenarios.Api(port)
     _, token = await api.sign_in(f"{name}@bench.example.com")
     key = await scenarios.create_api_key(api, token)
-    target = scenarios.completion_target(name, port, "/v1/chat/completions", "openai/gpt-bench", stream, key)
+    if scenario == "C":
+        target = await scenarios.turn_target(api, token, concurrency)
+    else:
+        stream = scenario == "A"
+        target = scenarios.completion_target(name, port, "/v1/chat/completions", "openai/gpt-bench", stream, key)
     return name, server, target
 
 
@@ -120,11 +127,14 @@ async def compare(args: argparse.Namespace) -> dict[str, list[float]]:
         started: list[procs.Process] = []  # stopped at the end, also when one never became ready
         servers: list[Server] = []
         try:
-            stream = args.scenario == "A"
             # The baseline's package shadows this checkout's (PYTHONPATH comes before site-packages).
             for name, extra in (("base", {"PYTHONPATH": str(base / "src")}), ("this", {})):
                 env = {**space.env, **extra}
-                servers.append(await start_studio(space.cores, env, space.logs, space.work, name, stream, started))
+                servers.append(
+                    await start_studio(
+                        space.cores, env, space.logs, space.work, name, args.scenario, args.concurrency, started
+                    )
+                )
             figures = await load_in_turn(
                 servers, rounds=args.rounds, concurrency=args.concurrency, duration=args.duration
             )
@@ -138,7 +148,7 @@ async def compare(args: argparse.Namespace) -> dict[str, list[float]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--base", required=True, help="git ref of the baseline (a commit, HEAD~1, a branch)")
-    parser.add_argument("--scenario", choices=("A", "B"), default="B")
+    parser.add_argument("--scenario", choices=("A", "B", "C"), default="B")
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--duration", type=float, default=3.0)
     parser.add_argument("--rounds", type=int, default=6)

@@ -58,7 +58,9 @@ async def measure(args: argparse.Namespace) -> dict[str, tuple[list[float], list
                 target = scenarios.completion_target(app, port, "/v1/chat/completions", "gpt-bench", stream, None)
                 servers.append(("uvicorn" if app == "canned" else app, server, target))
             servers.append(
-                await start_studio(space.cores, space.env, space.logs, space.work, "studio", stream, started)
+                await start_studio(
+                    space.cores, space.env, space.logs, space.work, "studio", args.scenario, args.concurrency, started
+                )
             )
             return await load_in_turn(servers, rounds=args.rounds, concurrency=args.concurrency, duration=args.duration)
         finally:

@@ -164,20 +164,12 @@ async def openai_available(api: Api, key: str | None) -> str | None:
     return None
 
 
-async def chat_turns(
-    api: Api,
-    token: str,
-    upstream_port: int,
-    concurrencies: tuple[int, ...],
-    rounds: int,
-    duration: float,
-    cpu: Callable[[], float] | None = None,
-) -> tuple[dict[tuple[str, int], Result], list[str]]:
-    """Scenario C: POST /api/v1/conversations/{id}/messages over SSE, stored in PostgreSQL. Each
-    connection spreads its turns over its own 16 conversations, so histories stay short."""
+async def turn_target(api: Api, token: str, connections: int, cpu: Callable[[], float] | None = None) -> Target:
+    """Scenario C's requests: POST /api/v1/conversations/{id}/messages over SSE. Each connection
+    spreads its turns over its own 16 new conversations, so histories stay short."""
     per_connection = 16
     conversations = []
-    for _ in range(max(concurrencies) * per_connection):
+    for _ in range(connections * per_connection):
         status, body = await api.call("POST", "/api/v1/conversations", {"title": "bench"}, token=token)
         if status != 201:
             raise RuntimeError(f"create conversation: HTTP {status} {body}")
@@ -201,9 +193,21 @@ async def chat_turns(
     def turn(connection: int, sequence: int) -> bytes:
         return requests[connection * per_connection + sequence % per_connection]
 
-    proxy = Target("C", api.port, turn, expect_in_body=b"event: done\n", cpu=cpu)
-    results = await interleave([direct(upstream_port, True), proxy], concurrencies, rounds, duration)
-    return results, conversations
+    return Target("C", api.port, turn, expect_in_body=b"event: done\n", cpu=cpu)
+
+
+async def chat_turns(
+    api: Api,
+    token: str,
+    upstream_port: int,
+    concurrencies: tuple[int, ...],
+    rounds: int,
+    duration: float,
+    cpu: Callable[[], float] | None = None,
+) -> dict[tuple[str, int], Result]:
+    """Scenario C: chat turns over SSE, stored in PostgreSQL, interleaved with the direct upstream."""
+    proxy = await turn_target(api, token, max(concurrencies), cpu)
+    return await interleave([direct(upstream_port, True), proxy], concurrencies, rounds, duration)
 
 
 async def stored_turns(database_url: str, user_id: str) -> dict[str, int]:
