@@ -70,6 +70,36 @@ async def test_follow_up_questions_still_see_the_file(files: Files) -> None:
     assert follow_up.json()["assistant_message"]["input_tokens"] == first + words(ANSWER) + 4
 
 
+async def test_turns_look_up_files_only_when_the_history_carries_some(files: Files) -> None:
+    """The history query says which messages carried files; a turn reads the files table only then."""
+    from sqlalchemy import event
+
+    client, app = files
+    alice = await sign_up(client)
+    plain = await new_conversation(client, alice)
+    with_file = await new_conversation(client, alice)
+    file_id = await uploaded(client, alice, "notes.txt", NOTES.encode())
+    assert (await send(client, alice, plain, content="hello")).status_code == 200
+    assert (await send(client, alice, with_file, content="summarise this", file_ids=[file_id])).status_code == 200
+    file_reads: list[str] = []
+
+    def capture(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        if "uploaded_file" in statement:
+            file_reads.append(statement)
+
+    event.listen(app.state.engine.sync_engine, "before_cursor_execute", capture)
+    try:
+        assert (await send(client, alice, plain, content="and then?")).status_code == 200
+        reads_without_files = len(file_reads)
+        follow_up = await send(client, alice, with_file, content="and the second line?")
+    finally:
+        event.remove(app.state.engine.sync_engine, "before_cursor_execute", capture)
+    assert reads_without_files == 0
+    assert len(file_reads) == 1
+    first = words(prompt_with("notes.txt", NOTES, "summarise this"))
+    assert follow_up.json()["assistant_message"]["input_tokens"] == first + words(ANSWER) + 4
+
+
 async def test_two_files_in_the_order_given_and_duplicates_once(files: Files) -> None:
     client, app = files
     alice = await sign_up(client)

@@ -32,6 +32,8 @@ class StoredTurn:
     parent_id: uuid.UUID | None
     role: str
     content: str
+    # Whether files were attached to it: their text goes back into the prompt, and only then are they read.
+    has_files: bool = False
 
 
 def branch(messages: Iterable[StoredTurn], leaf_id: uuid.UUID | None) -> list[StoredTurn]:

@@ -9,16 +9,18 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Row, String, Table, and_, bindparam, delete, insert, or_, select, update
+from sqlalchemy import Row, String, Table, and_, bindparam, delete, exists, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.elements import ColumnElement
 
 from chatstudio.chat.history import StoredTurn, branch
 from chatstudio.chat.models import Conversation, Message, MessageStatus
 from chatstudio.db import like_contains
+from chatstudio.files.models import MessageFile
 
 _MESSAGE_TABLE = cast(Table, Message.__table__)
 _CONVERSATION_TABLE = cast(Table, Conversation.__table__)
+_MESSAGE_FILE_TABLE = cast(Table, MessageFile.__table__)
 
 
 class ConversationRepository:
@@ -32,11 +34,17 @@ class ConversationRepository:
 
     async def touch(self, conversation_id: uuid.UUID, at: datetime, title: str | None = None) -> None:
         """A new message: the conversation moves to the top of the list (and takes its first title)."""
-        values: dict[str, Any] = {"last_activity_at": at}
+        # The SET clause comes from the parameters' keys (one statement, two shapes).
+        values: dict[str, Any] = {"touched_id": conversation_id, "last_activity_at": at}
         if title is not None:
             values["title"] = title
-        table = _CONVERSATION_TABLE
-        await self.session.execute(update(table).where(table.c.id == conversation_id).values(**values))
+        await self.session.execute(_TOUCH, values)
+
+    async def for_turn(self, conversation_id: uuid.UUID, user_id: uuid.UUID) -> Row[Any, Any, Any, Any] | None:
+        """What a new turn reads of its conversation (title, model, system_prompt, params), as a plain row:
+        it runs on every turn, and a mapped object costs more to build than the query."""
+        values = {"conversation_id": conversation_id, "user_id": user_id}
+        return (await self.session.execute(_TURN_CONVERSATION, values)).one_or_none()
 
     async def get_owned(self, conversation_id: uuid.UUID, user_id: uuid.UUID) -> Conversation | None:
         result = await self.session.execute(
@@ -98,7 +106,7 @@ class MessageRepository:
                     # A callable default takes the execution context; ours (utcnow, uuid7) ignore it.
                     setattr(message, key, default.arg(None) if default.is_callable else default.arg)  # type: ignore[attr-defined]
         rows = [{column.key: getattr(message, column.key) for column in table.columns} for message in messages]
-        await self.session.execute(insert(table), rows)
+        await self.session.execute(_INSERT_MESSAGES, rows)
 
     async def list_owned(
         self,
@@ -117,23 +125,15 @@ class MessageRepository:
         return (await self.session.execute(query, values)).all()
 
     async def branch_owned(self, conversation_id: uuid.UUID, user_id: uuid.UUID) -> ConversationTree:
-        """The reply tree's text columns, for building a prompt (served by ix_message_conversation_page)."""
-        rows = await self.session.execute(
-            select(Message.id, Message.parent_id, Message.role, Message.content)
-            .where(Message.conversation_id == conversation_id, Message.user_id == user_id)
-            .order_by(Message.id)
-        )
-        return ConversationTree([StoredTurn(r.id, r.parent_id, r.role, r.content) for r in rows])
+        """The reply tree's text columns, and whether each message carried files, for building a prompt
+        (served by ix_message_conversation_page, and message_file's primary key for the files)."""
+        rows = await self.session.execute(_BRANCH, {"conversation_id": conversation_id, "user_id": user_id})
+        return ConversationTree([StoredTurn(r.id, r.parent_id, r.role, r.content, bool(r.has_files)) for r in rows])
 
     async def finish_streaming(self, message_id: uuid.UUID, values: dict[str, Any]) -> bool:
         """The one final write of a reply; a second attempt finds no `streaming` row and changes nothing."""
         # The table, not the mapped class: the ORM's bulk-update bookkeeping costs more than the statement.
-        table = _MESSAGE_TABLE
-        result = await self.session.execute(
-            update(table)
-            .where(table.c.id == message_id, table.c.status == MessageStatus.STREAMING.value)
-            .values(**values)
-        )
+        result = await self.session.execute(_FINISH_STREAMING, {"finished_id": message_id, **values})
         return bool(result.rowcount)  # type: ignore[attr-defined]
 
 
@@ -150,6 +150,39 @@ class ConversationTree:
 
     def path_to(self, leaf_id: uuid.UUID | None) -> list[StoredTurn]:
         return branch(self.all, leaf_id)
+
+
+# A chat turn's statements, built once: with the Core table and named parameters, executing one skips
+# the ORM's compile step, and its cache key is computed once. An UPDATE without values() sets the
+# columns named by the execution's parameters (the WHERE clause's own are named apart from columns).
+_TURN_CONVERSATION = select(
+    _CONVERSATION_TABLE.c.title,
+    _CONVERSATION_TABLE.c.model,
+    _CONVERSATION_TABLE.c.system_prompt,
+    _CONVERSATION_TABLE.c.params,
+).where(
+    _CONVERSATION_TABLE.c.id == bindparam("conversation_id"),
+    _CONVERSATION_TABLE.c.user_id == bindparam("user_id"),
+)
+_BRANCH = (
+    select(
+        _MESSAGE_TABLE.c.id,
+        _MESSAGE_TABLE.c.parent_id,
+        _MESSAGE_TABLE.c.role,
+        _MESSAGE_TABLE.c.content,
+        exists().where(_MESSAGE_FILE_TABLE.c.message_id == _MESSAGE_TABLE.c.id).label("has_files"),
+    )
+    .where(
+        _MESSAGE_TABLE.c.conversation_id == bindparam("conversation_id"),
+        _MESSAGE_TABLE.c.user_id == bindparam("user_id"),
+    )
+    .order_by(_MESSAGE_TABLE.c.id)
+)
+_INSERT_MESSAGES = insert(_MESSAGE_TABLE)
+_TOUCH = update(_CONVERSATION_TABLE).where(_CONVERSATION_TABLE.c.id == bindparam("touched_id"))
+_FINISH_STREAMING = update(_MESSAGE_TABLE).where(
+    _MESSAGE_TABLE.c.id == bindparam("finished_id"), _MESSAGE_TABLE.c.status == MessageStatus.STREAMING.value
+)
 
 
 # Page statements run on every list and page view: each is built once per shape (its arguments) and

@@ -229,7 +229,7 @@ class TurnManager:
         owner = owner or await session.get(User, user_id)
         if owner is None or not owner.is_active:
             raise Unauthorized("The account is disabled.")
-        conversation = await conversations.get_owned(conversation_id, user_id)
+        conversation = await conversations.for_turn(conversation_id, user_id)
         if conversation is None:
             raise ConversationNotFound()
         model_id = self.registry.canonical(model or conversation.model or self.default_model)

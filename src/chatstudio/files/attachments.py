@@ -105,7 +105,7 @@ class Attachments:
     async def history(self, user_id: uuid.UUID, path: Sequence[StoredTurn]) -> list[StoredTurn]:
         """Earlier user messages with their files' text put back in front, so follow-up questions can be
         about the file; images of earlier turns are not sent again."""
-        asked = [turn.id for turn in path if turn.role == "user"]
+        asked = [turn.id for turn in path if turn.role == "user" and turn.has_files]
         by_message: dict[uuid.UUID, list[StoredFile]] = {}
         for message_id, stored in await self.files.linked_to(asked, user_id):
             by_message.setdefault(message_id, []).append(stored)
