@@ -15,6 +15,7 @@ from sqlalchemy.dialects import mysql
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
@@ -252,13 +253,15 @@ async def outside_transaction(session: AsyncSession) -> None:
 
 
 @asynccontextmanager
-async def autocommit_scope(factory: async_sessionmaker[AsyncSession]) -> AsyncIterator[AsyncSession]:
-    """A session whose every statement commits by itself: a lone write costs one round trip, with no
-    BEGIN and COMMIT around it. Only for work that is one statement, or whose statements need not
-    commit together."""
-    async with factory() as session:
-        await session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
-        yield session
+async def autocommit_connection(factory: async_sessionmaker[AsyncSession]) -> AsyncIterator[AsyncConnection]:
+    """A connection (of the factory's engine) whose every statement commits by itself: a lone write
+    costs one round trip, with no BEGIN and COMMIT around it. Core statements only, and no Session
+    around them: for one statement, its bookkeeping costs more than the statement. Only for work
+    that is one statement, or whose statements need not commit together."""
+    engine: AsyncEngine = factory.kw["bind"]
+    async with engine.connect() as connection:
+        await connection.execution_options(isolation_level="AUTOCOMMIT")
+        yield connection
 
 
 @asynccontextmanager

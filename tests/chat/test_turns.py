@@ -412,15 +412,15 @@ async def test_a_detached_turn_still_completes(chat: Chat) -> None:
 
 
 async def test_final_write_happens_once(chat: Chat) -> None:
-    from chatstudio.chat.repository import MessageRepository
+    from chatstudio.chat.repository import finish_streaming
+    from chatstudio.db import autocommit_connection
 
     client, app = chat
     user = await sign_up(client)
     conversation = await new_conversation(client, user)
     reply = (await send(client, user, conversation, content="hello")).json()["assistant_message"]
-    async with app.state.sessionmaker() as session:
-        again = await MessageRepository(session).finish_streaming(uuid.UUID(reply["id"]), {"content": "overwritten"})
-        await session.commit()
+    async with autocommit_connection(app.state.sessionmaker) as connection:
+        again = await finish_streaming(connection, uuid.UUID(reply["id"]), {"content": "overwritten"})
     assert again is False
     assert (await messages(client, user, conversation))[1]["content"] == SIXTEEN
 

@@ -10,7 +10,7 @@ from datetime import datetime
 from typing import Any, cast
 
 from sqlalchemy import Row, String, Table, and_, bindparam, delete, exists, insert, or_, select, update
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.sql.elements import ColumnElement
 
 from chatstudio.chat.history import StoredTurn, branch
@@ -130,11 +130,11 @@ class MessageRepository:
         rows = await self.session.execute(_BRANCH, {"conversation_id": conversation_id, "user_id": user_id})
         return ConversationTree([StoredTurn(r.id, r.parent_id, r.role, r.content, bool(r.has_files)) for r in rows])
 
-    async def finish_streaming(self, message_id: uuid.UUID, values: dict[str, Any]) -> bool:
-        """The one final write of a reply; a second attempt finds no `streaming` row and changes nothing."""
-        # The table, not the mapped class: the ORM's bulk-update bookkeeping costs more than the statement.
-        result = await self.session.execute(_FINISH_STREAMING, {"finished_id": message_id, **values})
-        return bool(result.rowcount)  # type: ignore[attr-defined]
+
+async def finish_streaming(connection: AsyncConnection, message_id: uuid.UUID, values: dict[str, Any]) -> bool:
+    """The one final write of a reply; a second attempt finds no `streaming` row and changes nothing."""
+    result = await connection.execute(_FINISH_STREAMING, {"finished_id": message_id, **values})
+    return bool(result.rowcount)
 
 
 @dataclass(frozen=True)

@@ -21,10 +21,10 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from chatstudio.chat.history import build_prompt, estimate_tokens, message_tokens, title_from
 from chatstudio.chat.models import Message, MessageRole, MessageStatus
-from chatstudio.chat.repository import ConversationRepository, MessageRepository
+from chatstudio.chat.repository import ConversationRepository, MessageRepository, finish_streaming
 from chatstudio.chat.schemas import ChatParams
 from chatstudio.chat.service import DEFAULT_TITLE, ConversationNotFound
-from chatstudio.db import autocommit_scope, session_scope, utcnow, uuid7
+from chatstudio.db import autocommit_connection, session_scope, utcnow, uuid7
 from chatstudio.errors import NotFound, ServiceUnavailable, Unauthorized
 from chatstudio.files.attachments import Attachments
 from chatstudio.files.errors import AttachmentsTooLong
@@ -447,8 +447,8 @@ class TurnManager:
         }
         assistant = prepared.assistant_message
         try:
-            async with autocommit_scope(self.sessionmaker) as session:  # one statement, one round trip
-                await MessageRepository(session).finish_streaming(assistant.id, values)
+            async with autocommit_connection(self.sessionmaker) as connection:  # one statement, one round trip
+                await finish_streaming(connection, assistant.id, values)
         except Exception:
             # The reply stays in the log so an operator can recover it; the row keeps `streaming`.
             logger.exception("could not store the reply of turn %s (%d chars)", assistant.id, len(text))
