@@ -420,9 +420,33 @@ async def test_final_write_happens_once(chat: Chat) -> None:
     conversation = await new_conversation(client, user)
     reply = (await send(client, user, conversation, content="hello")).json()["assistant_message"]
     async with autocommit_connection(app.state.sessionmaker) as connection:
-        again = await finish_streaming(connection, uuid.UUID(reply["id"]), {"content": "overwritten"})
+        again = await finish_streaming(
+            connection, uuid.UUID(reply["id"]), uuid.UUID(user.id), {"content": "overwritten"}
+        )
     assert again is False
     assert (await messages(client, user, conversation))[1]["content"] == SIXTEEN
+
+
+async def test_the_final_write_is_filtered_by_owner(chat: Chat) -> None:
+    from sqlalchemy import update
+
+    from chatstudio.chat.models import Message
+    from chatstudio.chat.repository import finish_streaming
+    from chatstudio.db import autocommit_connection
+
+    client, app = chat
+    user, stranger = await sign_up(client), await sign_up(client)
+    conversation = await new_conversation(client, user)
+    reply_id = uuid.UUID((await send(client, user, conversation, content="hello")).json()["assistant_message"]["id"])
+    async with autocommit_connection(app.state.sessionmaker) as connection:
+        # As if the reply were still being generated.
+        await connection.execute(update(Message).where(Message.id == reply_id).values(status="streaming"))
+        by_stranger = await finish_streaming(connection, reply_id, uuid.UUID(stranger.id), {"content": "theirs"})
+        by_owner = await finish_streaming(
+            connection, reply_id, uuid.UUID(user.id), {"content": "mine", "status": "completed"}
+        )
+    assert (by_stranger, by_owner) == (False, True)
+    assert (await messages(client, user, conversation))[1]["content"] == "mine"
 
 
 async def test_draining_refuses_new_turns(chat: Chat) -> None:

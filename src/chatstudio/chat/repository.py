@@ -32,10 +32,12 @@ class ConversationRepository:
         await self.session.flush()
         return conversation
 
-    async def touch(self, conversation_id: uuid.UUID, at: datetime, title: str | None = None) -> None:
+    async def touch(
+        self, conversation_id: uuid.UUID, user_id: uuid.UUID, at: datetime, title: str | None = None
+    ) -> None:
         """A new message: the conversation moves to the top of the list (and takes its first title)."""
         # The SET clause comes from the parameters' keys (one statement, two shapes).
-        values: dict[str, Any] = {"touched_id": conversation_id, "last_activity_at": at}
+        values: dict[str, Any] = {"touched_id": conversation_id, "owner_id": user_id, "last_activity_at": at}
         if title is not None:
             values["title"] = title
         await self.session.execute(_TOUCH, values)
@@ -131,9 +133,11 @@ class MessageRepository:
         return ConversationTree([StoredTurn(r.id, r.parent_id, r.role, r.content, bool(r.has_files)) for r in rows])
 
 
-async def finish_streaming(connection: AsyncConnection, message_id: uuid.UUID, values: dict[str, Any]) -> bool:
+async def finish_streaming(
+    connection: AsyncConnection, message_id: uuid.UUID, user_id: uuid.UUID, values: dict[str, Any]
+) -> bool:
     """The one final write of a reply; a second attempt finds no `streaming` row and changes nothing."""
-    result = await connection.execute(_FINISH_STREAMING, {"finished_id": message_id, **values})
+    result = await connection.execute(_FINISH_STREAMING, {"finished_id": message_id, "owner_id": user_id, **values})
     return bool(result.rowcount)
 
 
@@ -179,9 +183,13 @@ _BRANCH = (
     .order_by(_MESSAGE_TABLE.c.id)
 )
 _INSERT_MESSAGES = insert(_MESSAGE_TABLE)
-_TOUCH = update(_CONVERSATION_TABLE).where(_CONVERSATION_TABLE.c.id == bindparam("touched_id"))
+_TOUCH = update(_CONVERSATION_TABLE).where(
+    _CONVERSATION_TABLE.c.id == bindparam("touched_id"), _CONVERSATION_TABLE.c.user_id == bindparam("owner_id")
+)
 _FINISH_STREAMING = update(_MESSAGE_TABLE).where(
-    _MESSAGE_TABLE.c.id == bindparam("finished_id"), _MESSAGE_TABLE.c.status == MessageStatus.STREAMING.value
+    _MESSAGE_TABLE.c.id == bindparam("finished_id"),
+    _MESSAGE_TABLE.c.user_id == bindparam("owner_id"),
+    _MESSAGE_TABLE.c.status == MessageStatus.STREAMING.value,
 )
 
 

@@ -321,7 +321,7 @@ class TurnManager:
         await messages.insert_new([*new_rows, assistant])
         if user_message is not None:
             await attachments.link(user_message.id, attached)
-        await conversations.touch(conversation_id, utcnow(), new_title)
+        await conversations.touch(conversation_id, user_id, utcnow(), new_title)
         request = ChatRequest(
             model=model_id,
             messages=prompt,
@@ -448,7 +448,7 @@ class TurnManager:
         assistant = prepared.assistant_message
         try:
             async with autocommit_connection(self.sessionmaker) as connection:  # one statement, one round trip
-                await finish_streaming(connection, assistant.id, values)
+                await finish_streaming(connection, assistant.id, assistant.user_id, values)
         except Exception:
             # The reply stays in the log so an operator can recover it; the row keeps `streaming`.
             logger.exception("could not store the reply of turn %s (%d chars)", assistant.id, len(text))
