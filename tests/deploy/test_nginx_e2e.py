@@ -325,6 +325,18 @@ async def _proxy_logged(stack: Stack, request_id: str) -> int | None:
         await asyncio.sleep(POLL_SECONDS)
 
 
+async def _backends_that_logged(stack: Stack, request_ids: list[str]) -> list[list[int]]:
+    """stack.served_by for each request, once every one has been logged (or the guard ran out): a
+    backend writes a request's access line after sending the response, so the last line can still
+    be on its way when the client has the answer."""
+    end = time.monotonic() + DEADLINE_SECONDS
+    while True:
+        served = [stack.served_by(request_id) for request_id in request_ids]
+        if all(served) or time.monotonic() > end:
+            return served
+        await asyncio.sleep(POLL_SECONDS)
+
+
 async def _burst(client: httpx.AsyncClient, user: User) -> tuple[list[str], list[int], bool]:
     """RATE_LIMIT + 6 requests; also says whether a limit window rolled over during them."""
     ids = [f"spread-{uuid.uuid4().hex[:8]}-{n}" for n in range(RATE_LIMIT + 6)]
@@ -348,7 +360,7 @@ async def test_load_is_spread_and_the_rate_limit_is_shared(
     # One limit for both instances: exactly RATE_LIMIT answers, then refusals from whichever instance.
     assert statuses.count(200) == RATE_LIMIT
     assert statuses[RATE_LIMIT:] == [429] * 6
-    served = [stack.served_by(request_id) for request_id in ids[:RATE_LIMIT]]
+    served = await _backends_that_logged(stack, ids[:RATE_LIMIT])
     assert all(len(s) == 1 for s in served)
     counts = [sum(1 for s in served if s == [index]) for index in range(2)]
     assert min(counts) >= RATE_LIMIT // 4, counts  # least_conn spreads sequential requests over both
