@@ -186,17 +186,24 @@ async def _load_scenarios(
                     out["scenarios"]["B"] = report.compare(found, "B", "direct")
         if "C" in selected:
             _say("C: chat turns over SSE, stored in PostgreSQL")
-            found = await scenarios.chat_turns(
-                api, token, upstream_port, (16, 64), args.rounds, args.duration, cpu=server.cpu_seconds
+            turns = await scenarios.turn_target(api, token, 64, cpu=server.cpu_seconds)
+            # The database shares the machine's two cores: its CPU per turn bounds C as much as ours.
+            database_cpu = procs.cpu_seconds_of("postgres")
+            found = await scenarios.interleave(
+                [scenarios.direct(upstream_port, True), turns], (16, 64), args.rounds, args.duration
             )
+            database_cpu = procs.cpu_seconds_of("postgres") - database_cpu
             result = report.compare(found, "C", "direct")
             served = sum(r.total_ok for (name, _c), r in found.items() if name == "C")
             stored = await scenarios.stored_turns(database_url, user_id)
             result["turns_answered"] = served
             result["stored"] = stored
+            completed = stored.get("assistant/completed", 0)
+            # None when no `postgres` process runs here (a database elsewhere).
+            local = completed and database_cpu > 0
+            result["postgres_cpu_us_per_turn"] = round(1e6 * database_cpu / completed) if local else None
             # Every turn the client saw end with `done` is stored, complete, exactly once per side. The
             # server may store more: turns whose client timed out still finish (and are kept).
-            completed = stored.get("assistant/completed", 0)
             result["every_message_stored"] = (
                 completed >= served
                 and stored.get("user/completed", 0) == completed

@@ -136,3 +136,22 @@ def run_cli(args: list[str], env: dict[str, str], cwd: Path) -> None:
     )
     if done.returncode:
         raise RuntimeError(f"chatstudio {' '.join(args)} failed: {done.stderr.decode(errors='replace')[-2000:]}")
+
+
+def cpu_seconds_of(command: str) -> float:
+    """User and system CPU so far of every process named `command`, with that of their children
+    which have exited: for PostgreSQL, whose backends come and go, the postmaster's count of the
+    exited ones. Processes that exit without a parent waiting for them are not counted."""
+    total = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                name, fields = stat.read().split(" (", 1)[1].rsplit(") ", 1)
+        except OSError:  # gone meanwhile
+            continue
+        if name == command:
+            values = fields.split()
+            total += sum(int(value) for value in values[11:15])  # utime, stime, cutime, cstime
+    return total / os.sysconf("SC_CLK_TCK")

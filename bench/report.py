@@ -93,6 +93,8 @@ def table(out: dict[str, Any]) -> str:
             )
         if name == "C":
             lines.append(f"{'':<8}turns answered {scenario['turns_answered']}, stored {scenario['stored']}")
+            if scenario.get("postgres_cpu_us_per_turn") is not None:
+                lines.append(f"{'':<8}PostgreSQL CPU per stored turn: {scenario['postgres_cpu_us_per_turn']} us")
     memory = out["scenarios"].get("memory")
     if memory:
         lines += ["", "memory:"] + [f"  {key}: {value}" for key, value in memory.items()]

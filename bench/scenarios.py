@@ -196,20 +196,6 @@ async def turn_target(api: Api, token: str, connections: int, cpu: Callable[[], 
     return Target("C", api.port, turn, expect_in_body=b"event: done\n", cpu=cpu)
 
 
-async def chat_turns(
-    api: Api,
-    token: str,
-    upstream_port: int,
-    concurrencies: tuple[int, ...],
-    rounds: int,
-    duration: float,
-    cpu: Callable[[], float] | None = None,
-) -> dict[tuple[str, int], Result]:
-    """Scenario C: chat turns over SSE, stored in PostgreSQL, interleaved with the direct upstream."""
-    proxy = await turn_target(api, token, max(concurrencies), cpu)
-    return await interleave([direct(upstream_port, True), proxy], concurrencies, rounds, duration)
-
-
 async def stored_turns(database_url: str, user_id: str) -> dict[str, int]:
     connection = await asyncpg.connect(asyncpg_dsn(database_url))
     try:
