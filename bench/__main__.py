@@ -186,11 +186,12 @@ async def _load_scenarios(
                     out["scenarios"]["B"] = report.compare(found, "B", "direct")
         if "C" in selected:
             _say("C: chat turns over SSE, stored in PostgreSQL")
-            turns = await scenarios.turn_target(api, token, 64, cpu=server.cpu_seconds)
+            concurrencies = (16, 64)
+            turns = await scenarios.turn_target(api, token, max(concurrencies), cpu=server.cpu_seconds)
             # The database shares the machine's two cores: its CPU per turn bounds C as much as ours.
             database_cpu = procs.cpu_seconds_of("postgres")
             found = await scenarios.interleave(
-                [scenarios.direct(upstream_port, True), turns], (16, 64), args.rounds, args.duration
+                [scenarios.direct(upstream_port, True), turns], concurrencies, args.rounds, args.duration
             )
             database_cpu = procs.cpu_seconds_of("postgres") - database_cpu
             result = report.compare(found, "C", "direct")
