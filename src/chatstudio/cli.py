@@ -48,6 +48,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         # The sans-I/O protocol keeps an idle socket to its buffers and one ping timer; the default
         # implementation runs three tasks per connection (issue 4's per-socket memory budget).
         ws="websockets-sansio",
+        # httptools, with a response's head sent in one write with its body's first bytes.
+        http="chatstudio.http_protocol:HttpProtocol",
         # Longer than the turns' own grace, so they end with a stored reply and a final event.
         timeout_graceful_shutdown=int(settings.shutdown_grace_seconds) + 10,
         **observed,
