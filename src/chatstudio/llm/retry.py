@@ -93,12 +93,13 @@ class _Deadline:
     between events (its own writes to the client).
     """
 
-    __slots__ = ("_fired", "_handle", "_provider", "_seconds", "_task", "expired")
+    __slots__ = ("_fired", "_handle", "_loop", "_provider", "_seconds", "_task", "expired")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, when: float, provider: str | None, seconds: float) -> None:
         self.expired = False
         self._fired = False
         self._task: asyncio.Task[object] | None = None
+        self._loop = loop
         self._provider = provider
         self._seconds = seconds
         self._handle = loop.call_at(when, self._expire)
@@ -113,7 +114,9 @@ class _Deadline:
         """The next event, None at the end; ProviderUnavailable once the deadline has passed."""
         if self.expired:
             raise self._expired()
-        task = self._task = asyncio.current_task()
+        # Given the loop, current_task() skips get_running_loop(), which on Python 3.11 is a getpid()
+        # system call: this runs for every event of every stream.
+        task = self._task = asyncio.current_task(self._loop)
         try:
             return await anext(events)
         except StopAsyncIteration:
