@@ -21,7 +21,7 @@ import pytest_asyncio
 from aiohttp import web
 
 from chatstudio.llm.upstream import UpstreamConnectionError, UpstreamPayloadError, UpstreamPool
-from chatstudio.llm.upstream_connection import HIGH_WATER
+from chatstudio.llm.upstream_connection import HIGH_WATER, UpstreamResponse
 
 SECRET = "sk-very-secret-key-0123456789"
 BIG = random.Random(7).randbytes(5 * 1024 * 1024 + 123)
@@ -259,6 +259,22 @@ async def test_chunked_stream_arrives_incrementally(app: App) -> None:
         assert await chunks.__anext__() == b"first"  # while the server still holds back the last chunk
         app.release.set()
         assert [chunk async for chunk in chunks] == [b"last"]
+
+
+@pytest.mark.parametrize("path", ["/echo", "/bigchunked"])
+async def test_a_finished_response_is_freed_without_the_cycle_collector(app: App, path: str) -> None:
+    """Every relayed completion makes a response; one left in a reference cycle would wait for the
+    cycle collector, whose passes cost the server CPU on every request."""
+    async with pool_for(app.base) as pool:
+        gc.collect()
+        gc.disable()
+        try:
+            response = await pool.request("POST" if path == "/echo" else "GET", path)
+            assert [chunk async for chunk in response]
+            del response
+            assert not [o for o in gc.get_objects() if type(o) is UpstreamResponse]
+        finally:
+            gc.enable()
 
 
 @pytest.mark.parametrize("path", ["/big", "/bigchunked"])

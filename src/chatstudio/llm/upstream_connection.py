@@ -62,7 +62,9 @@ class UpstreamResponse:
         self._headers_only = head_only  # a HEAD request: the parser cannot know that no body follows
         self._conn: _Connection | None = conn
         self._loop = conn.loop
-        self._parser = httptools.HttpResponseParser(self)
+        # The parser holds this object's callbacks: a reference cycle, broken once the response is done
+        # (see _done), so a finished response is freed at once rather than by the cycle collector.
+        self._parser: httptools.HttpResponseParser | None = httptools.HttpResponseParser(self)
         self._chunks: deque[bytes] = deque()
         self._buffered = 0
         self._waiter: asyncio.Future[None] | None = None
@@ -86,6 +88,7 @@ class UpstreamResponse:
             self._trailing = True
 
     def on_headers_complete(self) -> None:
+        assert self._parser is not None  # callbacks run inside feed_data, while the parser is attached
         status = self._parser.get_status_code()
         if status < 200:  # 1xx interim: the real head follows
             self._interim = True
@@ -104,6 +107,7 @@ class UpstreamResponse:
         if self._interim:
             self._interim = False
             return
+        assert self._parser is not None
         self._keep_alive = self._parser.should_keep_alive()
         self._complete = True
 
@@ -119,6 +123,7 @@ class UpstreamResponse:
         if self._exc is None and not self._complete:
             self._exc = exc
         conn, self._conn = self._conn, None
+        self._parser = None
         if conn is not None:
             conn.response = None
             conn.close()
@@ -129,6 +134,7 @@ class UpstreamResponse:
 
     def _connection_lost(self, exc: Exception | None) -> None:
         self._conn = None
+        self._parser = None
         if self._complete:
             return
         error: Exception
@@ -255,10 +261,14 @@ class _Connection(asyncio.Protocol):
         if response is None:  # unsolicited bytes (often a 408 before an idle close): never reuse
             self.close()
             return
+        parser = response._parser
+        if parser is None:  # the response already failed; its connection is on its way out
+            self.close()
+            return
         if not response._head_done:
             response._packets.append(data)
         try:
-            response._parser.feed_data(data)
+            parser.feed_data(data)
         except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
             error = UpstreamPayloadError("the upstream sent a malformed HTTP response")
             error.__cause__ = exc
@@ -271,6 +281,7 @@ class _Connection(asyncio.Protocol):
         if response._complete and response._conn is self:
             # The body is all buffered in the response, so the connection is free before the caller reads it.
             self.response = response._conn = None
+            response._parser = None
             if response._keep_alive and not response._trailing:
                 self.pool._release(self)
             else:
