@@ -19,15 +19,17 @@ import statistics
 import subprocess
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from bench import procs, scenarios
 from bench.__main__ import DEFAULT_ADMIN_URL, RESULTS, _admin, _url_for
 
 ROOT = Path(__file__).resolve().parent.parent
+S = TypeVar("S")
 
 
 def _worktree(ref: str, into: Path) -> None:
@@ -69,22 +71,32 @@ async def start_studio(
     return name, server, target
 
 
+async def in_turn(servers: Sequence[S], rounds: int, measure: Callable[[S, bool], Awaitable[None]]) -> None:
+    """`measure(server, counted)` for each server in turn, the order reversed every round so neither
+    always goes first; round 0 warms them all up and is not counted."""
+    for round_index in range(rounds + 1):
+        for server in servers if round_index % 2 else servers[::-1]:
+            await measure(server, round_index > 0)
+
+
 async def load_in_turn(
     servers: list[Server], *, rounds: int, concurrency: int, duration: float
 ) -> dict[str, tuple[list[float], list[float]]]:
-    """Each server's CPU per request (µs) and throughput per round, loaded one after another with the
-    order reversed every round; round 0 warms them all up and is not counted."""
+    """Each server's CPU per request (µs) and throughput per round, loaded one after another."""
     figures: dict[str, tuple[list[float], list[float]]] = {name: ([], []) for name, _, _ in servers}
-    for round_index in range(rounds + 1):
-        for name, server, target in servers if round_index % 2 else servers[::-1]:
-            before = server.cpu_seconds()
-            result = await scenarios.load(target, concurrency, duration)
-            if result.errors:
-                raise RuntimeError(f"{name}: {result.errors} errors, first: {result.first_error}")
-            if round_index:
-                cpu, rps = figures[name]
-                cpu.append(1e6 * (server.cpu_seconds() - before) / max(1, result.total_ok))
-                rps.append(result.rps)
+
+    async def measure(entry: Server, counted: bool) -> None:
+        name, server, target = entry
+        before = server.cpu_seconds()
+        result = await scenarios.load(target, concurrency, duration)
+        if result.errors:
+            raise RuntimeError(f"{name}: {result.errors} errors, first: {result.first_error}")
+        if counted:
+            cpu, rps = figures[name]
+            cpu.append(1e6 * (server.cpu_seconds() - before) / max(1, result.total_ok))
+            rps.append(result.rps)
+
+    await in_turn(servers, rounds, measure)
     return figures
 
 

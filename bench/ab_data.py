@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 from bench import data, dataset, loadgen, procs, scenarios
 from bench.__main__ import DATA_DATABASE, DEFAULT_ADMIN_URL, _database_exists, _url_for
-from bench.ab import _drop_worktree, _worktree, scratch
+from bench.ab import _drop_worktree, _worktree, in_turn, scratch
 
 FAMILIES = ("messages", "list", "relevance", "recent")
 
@@ -75,27 +75,29 @@ async def measure(args: argparse.Namespace) -> dict[str, Figures]:
 async def _load_in_turn(
     servers: list[tuple[str, procs.Process, int]], paths: list[str], token: str, *, rounds: int, duration: float
 ) -> dict[str, Figures]:
-    """Round 0 warms both up and is not counted; the order is reversed every round."""
     figures = {name: Figures() for name, _, _ in servers}
     headers = {"Authorization": f"Bearer {token}"}
-    for round_index in range(rounds + 1):
-        for name, server, port in servers if round_index % 2 else servers[::-1]:
-            requests = [loadgen.http_request("GET", path, host=f"127.0.0.1:{port}", headers=headers) for path in paths]
 
-            def pick(_connection: int, sequence: int, requests: list[bytes] = requests) -> bytes:
-                return requests[sequence % len(requests)]
+    async def measure(entry: tuple[str, procs.Process, int], counted: bool) -> None:
+        name, server, port = entry
+        requests = [loadgen.http_request("GET", path, host=f"127.0.0.1:{port}", headers=headers) for path in paths]
 
-            before = server.cpu_seconds()
-            result = await loadgen.run(
-                "127.0.0.1", port, pick, concurrency=1, duration=duration, warmup=0.2, expect_in_body=b'"items"'
-            )
-            if result.errors:
-                raise RuntimeError(f"{name}: {result.errors} errors, first: {result.first_error}")
-            if round_index:
-                summary = result.summary()
-                figures[name].cpu_us.append(1e6 * (server.cpu_seconds() - before) / max(1, result.total_ok))
-                figures[name].p50_ms.append(summary["latency_ms"]["p50"])
-                figures[name].p99_ms.append(summary["latency_ms"]["p99"])
+        def pick(_connection: int, sequence: int) -> bytes:
+            return requests[sequence % len(requests)]
+
+        before = server.cpu_seconds()
+        result = await loadgen.run(
+            "127.0.0.1", port, pick, concurrency=1, duration=duration, warmup=0.2, expect_in_body=b'"items"'
+        )
+        if result.errors:
+            raise RuntimeError(f"{name}: {result.errors} errors, first: {result.first_error}")
+        if counted:
+            summary = result.summary()
+            figures[name].cpu_us.append(1e6 * (server.cpu_seconds() - before) / max(1, result.total_ok))
+            figures[name].p50_ms.append(summary["latency_ms"]["p50"])
+            figures[name].p99_ms.append(summary["latency_ms"]["p99"])
+
+    await in_turn(servers, rounds, measure)
     return figures
 
 
