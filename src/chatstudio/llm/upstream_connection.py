@@ -62,8 +62,8 @@ class UpstreamResponse:
         self._headers_only = head_only  # a HEAD request: the parser cannot know that no body follows
         self._conn: _Connection | None = conn
         self._loop = conn.loop
-        # The parser holds this object's callbacks: a reference cycle, broken once the response is done
-        # (see _done), so a finished response is freed at once rather than by the cycle collector.
+        # The parser holds this object's callbacks: a reference cycle, broken once the response has
+        # ended or failed, so it is freed by reference counting rather than by the cycle collector.
         self._parser: httptools.HttpResponseParser | None = httptools.HttpResponseParser(self)
         self._chunks: deque[bytes] = deque()
         self._buffered = 0
