@@ -39,7 +39,7 @@ class HeadJoiningTransport(asyncio.Transport):
         if head is not None:
             self._head = None
             self._transport.write(head + data)
-        elif data[:9] == _HEAD:
+        elif data[: len(_HEAD)] == _HEAD:
             self._head = bytes(data)
             self._loop.call_soon(self.flush)
         else:
